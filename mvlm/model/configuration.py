@@ -1,0 +1,44 @@
+"""The composite config of an mvlm model: a vision config, a text config, and how they are joined."""
+
+from __future__ import annotations
+
+from transformers import AutoConfig, PreTrainedConfig
+from transformers.configuration_utils import SubConfigSpec
+
+from mvlm.constants import MVLM_MODEL_TYPE
+from mvlm.model.vision import prepare_vision_config, resolve_select_strategy
+
+
+class MvlmLlavaConfig(PreTrainedConfig):
+    """Config of `LlavaForCausalLM`.
+
+    `text_config` is any causal LM's config and `vision_config` any registered tower's. The remaining
+    fields say how features are chosen and projected, and what inference needs to reproduce training
+    (`image_aspect_ratio`, `image_grid_pinpoints`, `conv_mode`).
+    """
+
+    model_type = MVLM_MODEL_TYPE
+    sub_configs_defaults = {
+        "vision_config": SubConfigSpec(config_class=AutoConfig, model_type="clip_vision_model"),
+        "text_config": SubConfigSpec(config_class=AutoConfig, model_type="llama"),
+    }
+
+    vision_config: dict | PreTrainedConfig | None = None
+    text_config: dict | PreTrainedConfig | None = None
+    projector_type: str = "mlp2x_gelu"
+    vision_feature_layer: int | list[int] = -2
+    vision_feature_select_strategy: str | None = None
+    image_token_id: int | None = None
+    image_aspect_ratio: str = "pad"
+    image_grid_pinpoints: list[list[int]] | None = None
+    conv_mode: str | None = None
+    tie_word_embeddings: bool = False
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        prepare_vision_config(self.vision_config)
+        self.vision_feature_select_strategy = resolve_select_strategy(
+            self.vision_config, self.vision_feature_select_strategy
+        )
+        if isinstance(self.vision_feature_layer, list) and not self.vision_feature_layer:
+            raise ValueError("vision_feature_layer is an empty list; give a layer index or a list of them")
