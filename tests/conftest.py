@@ -1,0 +1,48 @@
+"""Shared fixtures: tiny checkpoints written once per test session, tokenizers trained in-process."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+import tiny  # noqa: E402
+
+from mvlm.model.builder import add_image_token  # noqa: E402
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def checkpoints(tmp_path_factory):
+    """Factory of tiny checkpoint folders, each written once: checkpoints('llm', 'phi'), ('tower', 'clip')."""
+    root = str(tmp_path_factory.mktemp("checkpoints"))
+    made: dict[tuple[str, str], str] = {}
+    writers = {"llm": tiny.save_llm, "tower": tiny.save_vision_tower, "full_clip": lambda _kind, folder: tiny.save_full_clip(folder)}
+
+    def get(what: str, kind: str) -> str:
+        if (what, kind) not in made:
+            made[(what, kind)] = writers[what](kind, tiny.folder_in(root, f"{what}-{kind}"))
+        return made[(what, kind)]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def tokenizers():
+    """Tokenizers with `<image>` added: ('sentencepiece', True) is Llama-like, ('bytelevel', False) GPT-2-like."""
+    made = {}
+
+    def get(kind: str, with_bos: bool):
+        if (kind, with_bos) not in made:
+            tokenizer = tiny.train_tokenizer(kind, with_bos)
+            add_image_token(tokenizer)
+            made[(kind, with_bos)] = tokenizer
+        return made[(kind, with_bos)]
+
+    return get
