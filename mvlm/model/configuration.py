@@ -35,6 +35,17 @@ class MvlmLlavaConfig(PreTrainedConfig):
     tie_word_embeddings: bool = False
 
     def __post_init__(self, **kwargs):
+        # transformers sets a composite config's attention implementation on its sub-configs, resetting
+        # them to None when none is given; keep what the parts were loaded with instead (None silently
+        # drops the causal mask of an already built language model).
+        kwargs.setdefault(
+            "attn_implementation",
+            {
+                key: getattr(self, key)._attn_implementation
+                for key in ("text_config", "vision_config")
+                if isinstance(getattr(self, key), PreTrainedConfig)
+            },
+        )
         super().__post_init__(**kwargs)
         prepare_vision_config(self.vision_config)
         self.vision_feature_select_strategy = resolve_select_strategy(
