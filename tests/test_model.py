@@ -208,3 +208,16 @@ def test_attention_stays_causal(checkpoints):
     changed_logits = model(input_ids=changed, pixel_values=pixel_values).logits
     assert torch.allclose(logits[:, :-1], changed_logits[:, :-1], atol=1e-6)
     assert not torch.allclose(logits[:, -1], changed_logits[:, -1])
+
+
+def test_anyres_views_each_take_an_image_block(checkpoints):
+    from PIL import Image
+
+    from mvlm.data.images import process_images
+
+    model, tokenizer, image_processor = build_model(checkpoints("llm", "llama"), checkpoints("tower", "clip"))
+    pixel_values = process_images([Image.new("RGB", (60, 30))], image_processor, "anyres", [(56, 28)])
+    assert pixel_values.shape[:2] == (1, 3)  # global view + 2 tiles
+    views = pixel_values.shape[1]
+    input_ids = torch.tensor([[tokenizer.bos_token_id] + [model.config.image_token_id] * (views * model.num_image_tokens) + [5]])
+    assert model(input_ids=input_ids, pixel_values=pixel_values).logits.shape[1] == input_ids.shape[1]
