@@ -118,3 +118,40 @@ def test_checkpoint_kind_reads_files_not_names(checkpoints, tmp_path):
     assert checkpoint_kind(str(tmp_path)) == "lora"
     with pytest.raises(ValueError, match="lora checkpoint"):
         load_pretrained_model(str(tmp_path), model_base="base")
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_load_8bit_and_4bit_quantize_only_the_language_model(checkpoints, tmp_path):
+    """LLaVA's --load-8bit / --load-4bit, through bitsandbytes (which runs on the CPU too)."""
+    import bitsandbytes as bnb
+
+    model, tokenizer, image_processor = build_model(checkpoints("llm", "llama"), checkpoints("tower", "clip"))
+    model.eval()
+    save_checkpoint(str(tmp_path), model, tokenizer, image_processor)
+    input_ids, _, pixel_values = make_batch(model, tokenizer)
+    expected = model(input_ids=input_ids, pixel_values=pixel_values).logits
+    for flag, layer_type, tolerance in [("load_8bit", bnb.nn.Linear8bitLt, 0.05), ("load_4bit", bnb.nn.Linear4bit, 0.5)]:
+        _, quantized, _, _ = load_pretrained_model(str(tmp_path), **{flag: True})
+        assert isinstance(quantized.language_model.model.layers[0].mlp.down_proj, layer_type)
+        assert type(quantized.multi_modal_projector.linear_1) is torch.nn.Linear
+        assert type(quantized.language_model.lm_head) is torch.nn.Linear
+        assert not any(isinstance(module, layer_type) for module in quantized.vision_tower.modules())
+        logits = quantized(input_ids=input_ids, pixel_values=pixel_values).logits.float()
+        assert (logits - expected).abs().mean() < tolerance * expected.abs().mean(), flag
+    with pytest.raises(ValueError, match="choose one of load_8bit and load_4bit"):
+        load_pretrained_model(str(tmp_path), load_8bit=True, load_4bit=True)
+
+
+def test_generation_defaults_come_from_the_llm_and_survive_saving(checkpoints, tmp_path):
+    import shutil
+
+    from transformers import GenerationConfig
+
+    llm = str(tmp_path / "llm")
+    shutil.copytree(checkpoints("llm", "llama"), llm)
+    GenerationConfig(bos_token_id=1, eos_token_id=[2, 7], max_length=77).save_pretrained(llm)
+    model, tokenizer, image_processor = build_model(llm, checkpoints("tower", "clip"))
+    assert model.generation_config.eos_token_id == [2, 7]
+    save_checkpoint(str(tmp_path / "ckpt"), model, tokenizer, image_processor)
+    _, loaded, _, _ = load_pretrained_model(str(tmp_path / "ckpt"))
+    assert loaded.generation_config.eos_token_id == [2, 7] and loaded.generation_config.max_length == 77

@@ -221,3 +221,14 @@ def test_anyres_views_each_take_an_image_block(checkpoints):
     views = pixel_values.shape[1]
     input_ids = torch.tensor([[tokenizer.bos_token_id] + [model.config.image_token_id] * (views * model.num_image_tokens) + [5]])
     assert model(input_ids=input_ids, pixel_values=pixel_values).logits.shape[1] == input_ids.shape[1]
+
+
+def test_torch_dtype_and_attention_choice_reach_every_part(checkpoints):
+    model, tokenizer, _ = build_model(checkpoints("llm", "qwen2"), checkpoints("tower", "clip"),
+                                      torch_dtype=torch.bfloat16, attn_implementation="eager")
+    assert {parameter.dtype for parameter in model.parameters()} == {torch.bfloat16}
+    assert model.language_model.config._attn_implementation == "eager"
+    assert model.vision_tower.config._attn_implementation == "eager"
+    input_ids, labels, pixel_values = make_batch(model, tokenizer)
+    output = model(input_ids=input_ids, pixel_values=pixel_values, labels=labels)
+    assert output.logits.dtype == torch.bfloat16 and torch.isfinite(output.loss)

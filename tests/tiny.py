@@ -52,7 +52,7 @@ def train_tokenizer(kind: str, with_bos: bool) -> PreTrainedTokenizerFast:
         )
         specials = ["<unk>", "<s>", "</s>"]
         trainer = trainers.BpeTrainer(
-            vocab_size=600, special_tokens=specials + [f"<0x{byte:02X}>" for byte in range(256)]
+            vocab_size=600, show_progress=False, special_tokens=specials + [f"<0x{byte:02X}>" for byte in range(256)]
         )
         bos, eos, unk = "<s>", "</s>", "<unk>"
     elif kind == "bytelevel":
@@ -60,7 +60,7 @@ def train_tokenizer(kind: str, with_bos: bool) -> PreTrainedTokenizerFast:
         tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         tokenizer.decoder = decoders.ByteLevel()
         trainer = trainers.BpeTrainer(
-            vocab_size=500, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+            vocab_size=500, show_progress=False, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
         )
         bos, eos, unk = "<|endoftext|>", "<|endoftext|>", None
     else:

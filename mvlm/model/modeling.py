@@ -53,6 +53,8 @@ class LlavaForCausalLM(PreTrainedModel, GenerationMixin):
         )
         self._no_split_modules = _union_no_split_modules(self.vision_tower, self.language_model)
         self.post_init()
+        # Decoding defaults (EOS ids, ...) are the language model's, e.g. from its generation_config.json.
+        self.generation_config = self.language_model.generation_config
 
     # Embeddings and head belong to the language model; transformers' resizing and tying go through these.
     def get_input_embeddings(self) -> nn.Module:
