@@ -46,7 +46,7 @@ def load_image_processor(vision_tower: str, vision_config: Any) -> Any:
     """The tower checkpoint's own image processor, or the registry's default when it ships none."""
     if os.path.isdir(vision_tower) and not os.path.isfile(os.path.join(vision_tower, "preprocessor_config.json")):
         return default_image_processor(vision_config)
-    return AutoImageProcessor.from_pretrained(vision_tower)
+    return AutoImageProcessor.from_pretrained(vision_tower, backend="pil")
 
 
 def build_model(
@@ -178,6 +178,6 @@ def load_pretrained_model(
         model.to(device)
     model.eval()
     tokenizer = AutoTokenizer.from_pretrained(model_path)
-    image_processor = AutoImageProcessor.from_pretrained(model_path)
+    image_processor = AutoImageProcessor.from_pretrained(model_path, backend="pil")
     context_len = getattr(model.config.text_config, "max_position_embeddings", None) or DEFAULT_CONTEXT_LENGTH
     return tokenizer, model, image_processor, context_len

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from transformers import AutoConfig, PreTrainedConfig
-from transformers.configuration_utils import SubConfigSpec
 
 from mvlm.constants import MVLM_MODEL_TYPE
 from mvlm.model.vision import prepare_vision_config, resolve_select_strategy
@@ -18,10 +17,8 @@ class MvlmLlavaConfig(PreTrainedConfig):
     """
 
     model_type = MVLM_MODEL_TYPE
-    sub_configs_defaults = {
-        "vision_config": SubConfigSpec(config_class=AutoConfig, model_type="clip_vision_model"),
-        "text_config": SubConfigSpec(config_class=AutoConfig, model_type="llama"),
-    }
+    # The plain `sub_configs` mapping (not 5.2x's SubConfigSpec) keeps every transformers >= 5.9 working.
+    sub_configs = {"text_config": AutoConfig, "vision_config": AutoConfig}
 
     vision_config: dict | PreTrainedConfig | None = None
     text_config: dict | PreTrainedConfig | None = None
@@ -35,6 +32,8 @@ class MvlmLlavaConfig(PreTrainedConfig):
     tie_word_embeddings: bool = False
 
     def __post_init__(self, **kwargs):
+        self.vision_config = _as_config(self.vision_config, "clip_vision_model")
+        self.text_config = _as_config(self.text_config, "llama")
         # transformers sets a composite config's attention implementation on its sub-configs, resetting
         # them to None when none is given; keep what the parts were loaded with instead (None silently
         # drops the causal mask of an already built language model).
@@ -53,3 +52,11 @@ class MvlmLlavaConfig(PreTrainedConfig):
         )
         if isinstance(self.vision_feature_layer, list) and not self.vision_feature_layer:
             raise ValueError("vision_feature_layer is an empty list; give a layer index or a list of them")
+
+
+def _as_config(value: dict | PreTrainedConfig | None, default_model_type: str) -> PreTrainedConfig:
+    """A sub-config from its saved dict (its `model_type` picks the class), or the default type's defaults."""
+    if isinstance(value, PreTrainedConfig):
+        return value
+    values = dict(value or {})
+    return AutoConfig.for_model(values.pop("model_type", default_model_type), **values)
