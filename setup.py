@@ -12,8 +12,9 @@ setup(
     packages=find_packages(include=["mvlm", "mvlm.*"]),
     install_requires=[
         "torch>=2.1",
-        # transformers 5.9 changed the CLIP/SigLIP vision key layout; 6.x is untested.
-        "transformers>=5.9,<6",
+        # 5.9 changed the CLIP/SigLIP vision key layout, and only from 5.18 on do the Auto image processors
+        # work without torchvision (mvlm uses the PIL ones); tested on 5.18.0 and 5.23.0. 6.x is untested.
+        "transformers>=5.18,<6",
         "accelerate>=1.0",
         "peft>=0.13",
         "datasets>=3.0",
