@@ -81,6 +81,7 @@ def build_model(
         vision_feature_layer=vision_feature_layer,
         vision_feature_select_strategy=vision_feature_select_strategy,
         image_token_id=image_token_id,
+        mm_vision_tower=vision_tower,
     )
     model = LlavaForCausalLM(config, vision_tower=tower, language_model=language_model)
     model.resize_token_embeddings(len(tokenizer))

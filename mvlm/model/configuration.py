@@ -29,6 +29,8 @@ class MvlmLlavaConfig(PreTrainedConfig):
     image_aspect_ratio: str = "pad"
     image_grid_pinpoints: list[list[int]] | None = None
     conv_mode: str | None = None
+    mm_vision_tower: str | None = None
+    """Where the tower's pretrained weights came from: what a projector-only (stage-1) checkpoint builds on."""
     tie_word_embeddings: bool = False
 
     def __post_init__(self, **kwargs):

@@ -16,7 +16,7 @@ from transformers import AutoModel, AutoModelForCausalLM, GenerationMixin, PreTr
 
 from mvlm.model.configuration import MvlmLlavaConfig
 from mvlm.model.projector import build_projector
-from mvlm.model.vision import num_image_tokens, select_features, vision_tower_spec
+from mvlm.model.vision import image_size, num_image_tokens, select_features, vision_tower_spec
 
 
 class LlavaForCausalLM(PreTrainedModel, GenerationMixin):
@@ -104,6 +104,8 @@ class LlavaForCausalLM(PreTrainedModel, GenerationMixin):
         if pixel_values is None:
             if num_tokens:
                 raise ValueError(f"input_ids hold {num_tokens} image tokens but no pixel_values were given")
+            if self.training and torch.is_grad_enabled():
+                inputs_embeds = inputs_embeds + self._touch_vision_parameters(inputs_embeds)
             return inputs_embeds
         features = self.get_image_features(pixel_values)
         if num_tokens != features.shape[0] * features.shape[1]:
@@ -114,6 +116,15 @@ class LlavaForCausalLM(PreTrainedModel, GenerationMixin):
             )
         features = features.reshape(-1, features.shape[-1]).to(inputs_embeds.device, inputs_embeds.dtype)
         return inputs_embeds.masked_scatter(image_mask.unsqueeze(-1), features)
+
+    def _touch_vision_parameters(self, inputs_embeds: torch.Tensor) -> torch.Tensor:
+        """Zero that depends on every tower and projector parameter, for text-only training batches.
+
+        DDP and DeepSpeed ZeRO-3 hang or fail when one rank's step uses parameters another rank's does
+        not; running a blank image through the tower and projector (times 0) keeps every rank alike.
+        """
+        blank = torch.zeros(1, 3, *image_size(self.config.vision_config), device=inputs_embeds.device)
+        return 0.0 * self.get_image_features(blank).sum().to(inputs_embeds.dtype)
 
     def forward(
         self,

@@ -1,0 +1,1 @@
+"""Training: LLaVA's arguments, the training policy, the Trainer subclass, and the entry point."""

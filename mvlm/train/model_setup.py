@@ -1,0 +1,87 @@
+"""Build (or continue) the model a training run starts from, as the flags say."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import torch
+from transformers import AutoImageProcessor, AutoTokenizer, PreTrainedTokenizerBase
+
+from mvlm.model.builder import build_model, checkpoint_kind
+from mvlm.model.modeling import LlavaForCausalLM
+from mvlm.model.projector_weights import load_projector_weights
+from mvlm.train.arguments import DataArguments, ModelArguments, TrainingArguments
+
+logger = logging.getLogger(__name__)
+
+
+def training_dtype(training_args: TrainingArguments) -> torch.dtype:
+    if training_args.bf16:
+        return torch.bfloat16
+    if training_args.fp16:
+        return torch.float16
+    return torch.float32
+
+
+def default_attn_implementation(requested: str | None) -> str:
+    """The asked-for attention, else flash-attention 2 where it is installed and a GPU exists, else SDPA."""
+    if requested is not None:
+        return requested
+    if torch.cuda.is_available():
+        try:
+            import flash_attn  # noqa: F401
+
+            return "flash_attention_2"
+        except ImportError:
+            logger.warning("flash-attn is not installed; using SDPA attention (pip install mvlm[gpu] for flash-attn)")
+    return "sdpa"
+
+
+def is_mvlm_checkpoint(path: str) -> bool:
+    if not os.path.isdir(path):
+        return False
+    try:
+        return checkpoint_kind(path) == "full"
+    except ValueError:
+        return False
+
+
+def select_strategy(model_args: ModelArguments) -> str | None:
+    """LLaVA's patch / cls_patch; 'patch' is the tower's default (drop CLS where it has one)."""
+    return "full" if model_args.mm_vision_select_feature == "cls_patch" else None
+
+
+def load_model_for_training(
+    model_args: ModelArguments, data_args: DataArguments, training_args: TrainingArguments
+) -> tuple[LlavaForCausalLM, PreTrainedTokenizerBase, Any]:
+    """A fresh model from an LLM + tower, or an mvlm checkpoint to continue; the stage-1 projector if given."""
+    dtype = training_dtype(training_args)
+    attention = default_attn_implementation(model_args.attn_implementation)
+    if is_mvlm_checkpoint(model_args.model_name_or_path):
+        path = model_args.model_name_or_path
+        model = LlavaForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attention)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        image_processor = AutoImageProcessor.from_pretrained(path, backend="pil")
+    else:
+        if model_args.vision_tower is None:
+            raise ValueError(f"{model_args.model_name_or_path} is not an mvlm checkpoint, so --vision_tower is needed "
+                             "to build a model from it")
+        model, tokenizer, image_processor = build_model(
+            model_args.model_name_or_path,
+            model_args.vision_tower,
+            projector_type=model_args.mm_projector_type,
+            vision_feature_layer=model_args.vision_feature_layer,
+            vision_feature_select_strategy=select_strategy(model_args),
+            torch_dtype=dtype,
+            attn_implementation=attention,
+        )
+    if model_args.pretrain_mm_mlp_adapter:
+        load_projector_weights(model, model_args.pretrain_mm_mlp_adapter)
+    tokenizer.model_max_length = training_args.model_max_length
+    model.config.conv_mode = model_args.version
+    model.config.image_aspect_ratio = data_args.image_aspect_ratio
+    model.config.image_grid_pinpoints = data_args.image_grid_pinpoints
+    model.config.use_cache = False
+    return model, tokenizer, image_processor

@@ -1,0 +1,91 @@
+"""`python -m mvlm.train.train`: parse LLaVA's flags, build the model, apply the policy, run Trainer."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import transformers
+from transformers.trainer_utils import get_last_checkpoint
+
+from mvlm.data.dataset import BadSampleError, DataConfig, LazySupervisedDataset, SupervisedCollator
+from mvlm.data.formats import load_samples
+from mvlm.train.arguments import DataArguments, ModelArguments, TrainingArguments
+from mvlm.train.model_setup import load_model_for_training
+from mvlm.train.policy import apply_policy, policy_from_flags, policy_table
+from mvlm.train.trainer import MvlmTrainer
+
+logger = logging.getLogger("mvlm.train")
+
+
+def main(argv: list[str] | None = None) -> MvlmTrainer:
+    """Run one training; returns the Trainer (its model is the trained one)."""
+    parser = transformers.HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
+    model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+
+    model, tokenizer, image_processor = load_model_for_training(model_args, data_args, training_args)
+    policy = policy_from_flags(
+        tune_mm_mlp_adapter=model_args.tune_mm_mlp_adapter,
+        freeze_backbone=model_args.freeze_backbone,
+        freeze_mm_mlp_adapter=training_args.freeze_mm_mlp_adapter,
+        unfreeze_mm_vision_tower=model_args.unfreeze_mm_vision_tower,
+        lora_enable=training_args.lora_enable,
+        lora_vision_tower=model_args.lora_vision_tower,
+        mm_projector_lr=training_args.mm_projector_lr,
+        mm_vision_tower_lr=model_args.mm_vision_tower_lr,
+    )
+    if policy.uses_lora:
+        raise NotImplementedError("LoRA training is not available in this version of mvlm yet")
+    apply_policy(model, policy)
+    if training_args.gradient_checkpointing:
+        model.enable_input_require_grads()
+    logger.info("training policy:\n%s", policy_table(model, policy, training_args.learning_rate))
+
+    dataset = LazySupervisedDataset(
+        load_samples(data_args.data_path),
+        tokenizer,
+        image_processor,
+        DataConfig(
+            template=model_args.version,
+            num_image_tokens=model.num_image_tokens,
+            image_folder=data_args.image_folder,
+            image_aspect_ratio=data_args.image_aspect_ratio,
+            image_grid_pinpoints=data_args.image_grid_pinpoints,
+            max_length=training_args.model_max_length,
+            skip_bad_samples=data_args.skip_bad_samples,
+        ),
+    )
+    trainer = MvlmTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=dataset,
+        data_collator=SupervisedCollator(tokenizer.pad_token_id),
+        processing_class=tokenizer,
+        policy=policy,
+        image_processor=image_processor,
+    )
+    resume = training_args.resume_from_checkpoint
+    if resume is None and os.path.isdir(training_args.output_dir):
+        resume = get_last_checkpoint(training_args.output_dir)  # auto-resume, as LLaVA's train.py does
+    try:
+        trainer.train(resume_from_checkpoint=resume)
+    except BadSampleError as error:
+        sys.exit("mvlm: training stopped on a bad sample.\n" + _report(error))
+    if data_args.skip_bad_samples:
+        logger.info("skipped %d bad sample(s) during training", trainer.skipped_samples)
+    trainer.save_state()
+    model.config.use_cache = True
+    trainer.save_model(training_args.output_dir)
+    return trainer
+
+
+def _report(error: BaseException) -> str:
+    """Our own lines of the error, without the traceback a DataLoader worker wraps around them."""
+    ours = ("bad sample", "every sample", "Check the whole dataset", "or pass --skip_bad_samples")
+    return "\n".join(line for line in str(error).splitlines() if line.startswith(ours))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,76 @@
+"""The Trainer subclass: only what `transformers.Trainer` lacks for LLaVA-style training.
+
+- the modality-grouped length sampler (`--group_by_modality_length`);
+- optimizer groups from the training policy (per-part learning rates, no decay on biases and norms);
+- what a checkpoint holds: stage 1 the projector alone (`mm_projector.safetensors`) plus config,
+  tokenizer and image processor; otherwise a full mvlm checkpoint; and resuming from either;
+- the count of skipped bad samples (`--skip_bad_samples`), reported at the end.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+from transformers import Trainer
+
+from mvlm.data.dataset import SKIPPED_KEY
+from mvlm.model.projector_weights import PROJECTOR_FILE, load_projector_weights, projector_state_dict, save_projector
+from mvlm.train.policy import TrainingPolicy, parameter_groups
+from mvlm.train.sampler import ModalityLengthGroupedSampler
+
+
+class MvlmTrainer(Trainer):
+    def __init__(self, *args: Any, policy: TrainingPolicy, image_processor: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.policy = policy
+        self.image_processor = image_processor
+        self.skipped_samples = 0
+
+    def _get_train_sampler(self, train_dataset=None):
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        if self.args.group_by_modality_length:
+            batch_size = self.args.train_batch_size * self.args.world_size * self.args.gradient_accumulation_steps
+            return ModalityLengthGroupedSampler(dataset.modality_lengths, batch_size, seed=self.args.seed)
+        return super()._get_train_sampler(train_dataset)
+
+    def create_optimizer(self, model=None):
+        if self.optimizer is None:
+            model = self.model if model is None else model
+            groups = parameter_groups(
+                model, self.policy, self.args.learning_rate, self.args.weight_decay, self.get_decay_parameter_names(model)
+            )
+            optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
+            optimizer_kwargs.pop("lr", None)  # each group has its own
+            self.optimizer = optimizer_cls(groups, lr=self.args.learning_rate, **optimizer_kwargs)
+        return self.optimizer
+
+    def training_step(self, model, inputs, *args, **kwargs):
+        skipped = inputs.pop(SKIPPED_KEY, None)
+        if skipped is not None:
+            self.skipped_samples += int(skipped)
+        return super().training_step(model, inputs, *args, **kwargs)
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        if not self.policy.projector_only:
+            super()._save(output_dir, state_dict=state_dict)
+            if self.args.should_save:
+                self.image_processor.save_pretrained(output_dir)
+            return
+        if not self.args.should_save:
+            return
+        model = self.accelerator.unwrap_model(self.model)
+        tensors = state_dict if state_dict is not None else projector_state_dict(model)
+        save_projector(tensors, output_dir)
+        model.config.save_pretrained(output_dir)
+        self.processing_class.save_pretrained(output_dir)
+        self.image_processor.save_pretrained(output_dir)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        if os.path.isfile(os.path.join(resume_from_checkpoint, PROJECTOR_FILE)):
+            model = model if model is not None else self.model
+            load_projector_weights(self.accelerator.unwrap_model(model), resume_from_checkpoint)
+            return
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
