@@ -49,3 +49,47 @@ def test_stage1_trains_only_the_projector_and_saves_it_alone(checkpoints, data, 
     saved = load_file(os.path.join(out, "mm_projector.safetensors"))
     assert sorted(saved) == ["multi_modal_projector.linear_1.bias", "multi_modal_projector.linear_1.weight",
                              "multi_modal_projector.linear_2.bias", "multi_modal_projector.linear_2.weight"]
+
+
+def initial_state(checkpoints, **kwargs):
+    import transformers
+
+    from mvlm.model.builder import build_model
+
+    transformers.set_seed(42)  # as main() does with the default --seed
+    model, _, _ = build_model(checkpoints("llm", "llama"), checkpoints("tower", "clip"), **kwargs)
+    return {name: tensor.clone() for name, tensor in model.state_dict().items()}
+
+
+def changed_parts(before, model):
+    """For each part: True when any of its tensors differs from `before`, with the frozen ones bit-identical."""
+    changed = {}
+    for name, tensor in model.state_dict().items():
+        part = name.split(".")[0]
+        changed.setdefault(part, False)
+        if not torch.equal(tensor, before[name]):
+            changed[part] = True
+    return changed
+
+
+def test_stage1_leaves_tower_and_llm_bit_identical(checkpoints, data, tmp_path):
+    before = initial_state(checkpoints)
+    trainer = main(common_flags(checkpoints, data["caption"], data["folder"], str(tmp_path / "s1"),
+                                "--version", "plain", "--tune_mm_mlp_adapter", "True", "--max_steps", "3",
+                                "--learning_rate", "1e-2", "--save_strategy", "no"))
+    assert changed_parts(before, trainer.model) == {
+        "vision_tower": False, "multi_modal_projector": True, "language_model": False}
+
+
+@pytest.mark.parametrize("flags,expected", [
+    ((), {"vision_tower": False, "multi_modal_projector": True, "language_model": True}),
+    (("--freeze_backbone", "True"), {"vision_tower": False, "multi_modal_projector": True, "language_model": False}),
+    (("--unfreeze_mm_vision_tower", "True", "--freeze_mm_mlp_adapter", "True"),
+     {"vision_tower": True, "multi_modal_projector": False, "language_model": True}),
+])
+def test_stage2_policies_change_exactly_their_parts(checkpoints, data, tmp_path, flags, expected):
+    before = initial_state(checkpoints)
+    trainer = main(common_flags(checkpoints, data["qa"], data["folder"], str(tmp_path / "s2"),
+                                "--version", "vicuna_v1", "--max_steps", "2", "--learning_rate", "1e-3",
+                                "--save_strategy", "no", *flags))
+    assert changed_parts(before, trainer.model) == expected

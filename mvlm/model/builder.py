@@ -84,10 +84,31 @@ def build_model(
         mm_vision_tower=vision_tower,
     )
     model = LlavaForCausalLM(config, vision_tower=tower, language_model=language_model)
-    model.resize_token_embeddings(len(tokenizer))
+    resize_embeddings(model, len(tokenizer))
     if torch_dtype is not None:
         model.multi_modal_projector.to(torch_dtype)
     return model, tokenizer, load_image_processor(vision_tower, vision_config)
+
+
+@torch.no_grad()
+def resize_embeddings(model: LlavaForCausalLM, vocab_size: int) -> None:
+    """Grow the LM's embeddings (and untied head) to `vocab_size`; new rows are exactly the old rows' mean.
+
+    transformers' own mean resizing samples around the mean, which would make two builds of the same
+    model differ; an exact mean keeps builds reproducible.
+    """
+    old_size = model.get_input_embeddings().weight.shape[0]
+    if vocab_size <= old_size:
+        return
+    model.resize_token_embeddings(vocab_size, mean_resizing=False)
+    rows = [model.get_input_embeddings().weight]
+    head = model.get_output_embeddings()
+    if head is not None and head.weight.data_ptr() != rows[0].data_ptr():
+        rows.append(head.weight)
+        if getattr(head, "bias", None) is not None:
+            head.bias[old_size:] = head.bias[:old_size].mean()
+    for weight in rows:
+        weight[old_size:] = weight[:old_size].mean(dim=0, keepdim=True)
 
 
 def save_checkpoint(

@@ -25,6 +25,7 @@ def main(argv: list[str] | None = None) -> MvlmTrainer:
     model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
 
+    transformers.set_seed(training_args.seed)  # the fresh projector is then the same in every run
     model, tokenizer, image_processor = load_model_for_training(model_args, data_args, training_args)
     policy = policy_from_flags(
         tune_mm_mlp_adapter=model_args.tune_mm_mlp_adapter,
