@@ -1,5 +1,6 @@
 """Both training stages through the real entry point and Trainer, on tiny models and synthetic data."""
 
+import json
 import os
 
 import pytest
@@ -93,3 +94,93 @@ def test_stage2_policies_change_exactly_their_parts(checkpoints, data, tmp_path,
                                 "--version", "vicuna_v1", "--max_steps", "2", "--learning_rate", "1e-3",
                                 "--save_strategy", "no", *flags))
     assert changed_parts(before, trainer.model) == expected
+
+
+@pytest.fixture(scope="module")
+def stage1(checkpoints, data, tmp_path_factory):
+    """One stage-1 run shared by the tests below: 4 steps, a checkpoint every 2."""
+    out = str(tmp_path_factory.mktemp("pretrain"))
+    trainer = main(common_flags(checkpoints, data["caption"], data["folder"], out,
+                                "--version", "plain", "--tune_mm_mlp_adapter", "True", "--max_steps", "4",
+                                "--save_steps", "2", "--learning_rate", "1e-2"))
+    return out, trainer
+
+
+def test_stage1_folder_loads_over_its_base_llm(checkpoints, stage1):
+    out, trainer = stage1
+    with pytest.raises(ValueError, match="pass the LLM it was trained on as model_base"):
+        load_pretrained_model(out)
+    _, model, image_processor, _ = load_pretrained_model(out, model_base=checkpoints("llm", "llama"))
+    for name, tensor in trainer.model.multi_modal_projector.state_dict().items():
+        assert torch.equal(model.multi_modal_projector.state_dict()[name], tensor), name
+    assert model.config.conv_mode == "plain"
+
+
+def test_stage2_from_the_stage1_projector_writes_a_full_checkpoint(checkpoints, data, stage1, tmp_path):
+    pretrain_out, stage1_trainer = stage1
+    out = str(tmp_path / "finetune")
+    trainer = main(common_flags(checkpoints, data["qa"], data["folder"], out,
+                                "--version", "vicuna_v1", "--max_steps", "2", "--save_strategy", "no",
+                                "--pretrain_mm_mlp_adapter", os.path.join(pretrain_out, "mm_projector.safetensors"),
+                                "--learning_rate", "0"))
+    # With a zero learning rate the projector is exactly the stage-1 one.
+    for name, tensor in stage1_trainer.model.multi_modal_projector.state_dict().items():
+        assert torch.equal(trainer.model.multi_modal_projector.state_dict()[name], tensor), name
+    tokenizer, model, image_processor, _ = load_pretrained_model(out)
+    assert model.config.conv_mode == "vicuna_v1" and model.config.image_aspect_ratio == "pad"
+    for name, tensor in trainer.model.state_dict().items():
+        assert torch.equal(model.state_dict()[name], tensor), name
+    assert os.path.isfile(os.path.join(out, "preprocessor_config.json"))
+
+
+def test_llava_mm_projector_bin_is_read_with_its_key_names(checkpoints, stage1, tmp_path):
+    from mvlm.model.builder import build_model
+    from mvlm.model.projector_weights import load_projector_weights
+
+    _, trainer = stage1
+    projector = trainer.model.multi_modal_projector
+    llava_keys = {
+        "model.mm_projector.0.weight": projector.linear_1.weight, "model.mm_projector.0.bias": projector.linear_1.bias,
+        "model.mm_projector.2.weight": projector.linear_2.weight, "model.mm_projector.2.bias": projector.linear_2.bias,
+    }
+    torch.save({key: value.detach().clone() for key, value in llava_keys.items()}, tmp_path / "mm_projector.bin")
+    model, _, _ = build_model(checkpoints("llm", "llama"), checkpoints("tower", "clip"))
+    load_projector_weights(model, str(tmp_path))  # the folder: finds mm_projector.bin
+    for name, tensor in projector.state_dict().items():
+        assert torch.equal(model.multi_modal_projector.state_dict()[name], tensor), name
+    linear, _, _ = build_model(checkpoints("llm", "llama"), checkpoints("tower", "clip"), projector_type="linear")
+    with pytest.raises(ValueError, match="check --mm_projector_type"):
+        load_projector_weights(linear, str(tmp_path / "mm_projector.bin"))
+
+
+def test_stage1_resumes_from_its_checkpoint(checkpoints, data, stage1, tmp_path):
+    """Resuming at step 2 reaches the same projector at step 4 as the uninterrupted run."""
+    import shutil
+
+    out, trainer = stage1
+    resumed_out = str(tmp_path / "resumed")
+    os.makedirs(resumed_out)
+    shutil.copytree(os.path.join(out, "checkpoint-2"), os.path.join(resumed_out, "checkpoint-2"))
+    # Mark the logged losses of steps 1-2: a resumed run keeps them, a restarted one would recompute them.
+    state_path = os.path.join(resumed_out, "checkpoint-2", "trainer_state.json")
+    with open(state_path) as handle:
+        state = json.load(handle)
+    for entry in state["log_history"]:
+        if "loss" in entry:
+            entry["loss"] = 100.0 + entry["step"]
+    with open(state_path, "w") as handle:
+        json.dump(state, handle)
+    resumed = main(common_flags(checkpoints, data["caption"], data["folder"], resumed_out,
+                                "--version", "plain", "--tune_mm_mlp_adapter", "True", "--max_steps", "4",
+                                "--save_steps", "2", "--learning_rate", "1e-2"))  # auto-resume: no flag needed
+    assert resumed.state.global_step == 4
+    def losses(run):
+        return {entry["step"]: entry["loss"] for entry in run.state.log_history if "loss" in entry}
+
+    # Steps 1-2 come from the checkpoint's state, 3-4 were trained again: the same losses as the first run.
+    assert losses(resumed)[1] == 101.0 and losses(resumed)[2] == 102.0
+    assert sorted(losses(resumed)) == [1, 2, 3, 4]
+    assert [losses(resumed)[step] for step in (3, 4)] == pytest.approx([losses(trainer)[step] for step in (3, 4)],
+                                                                       abs=1e-5)
+    for name, tensor in trainer.model.multi_modal_projector.state_dict().items():
+        assert torch.allclose(resumed.model.multi_modal_projector.state_dict()[name], tensor, atol=1e-6), name

@@ -23,6 +23,7 @@ from transformers import (
 from mvlm.constants import DEFAULT_IMAGE_TOKEN, MVLM_MODEL_TYPE
 from mvlm.model.configuration import MvlmLlavaConfig
 from mvlm.model.modeling import LlavaForCausalLM
+from mvlm.model.projector_weights import load_projector_weights
 from mvlm.model.vision import default_image_processor, load_vision_config, load_vision_tower
 
 DEFAULT_CONTEXT_LENGTH = 2048
@@ -57,6 +58,8 @@ def build_model(
     vision_feature_select_strategy: str | None = None,
     torch_dtype: torch.dtype | None = None,
     attn_implementation: str | None = None,
+    quantization_config: BitsAndBytesConfig | None = None,
+    device_map: str | dict | None = None,
 ) -> tuple[LlavaForCausalLM, PreTrainedTokenizerBase, Any]:
     """A new LLaVA-style model from pretrained LLM and tower checkpoints; only the projector is fresh.
 
@@ -71,9 +74,11 @@ def build_model(
         load_kwargs["dtype"] = torch_dtype
     if attn_implementation is not None:
         load_kwargs["attn_implementation"] = attn_implementation
-    language_model = AutoModelForCausalLM.from_pretrained(llm, **load_kwargs)
+    language_model = AutoModelForCausalLM.from_pretrained(
+        llm, quantization_config=quantization_config, device_map=device_map, **load_kwargs
+    )
     vision_config = load_vision_config(vision_tower)
-    tower = load_vision_tower(vision_tower, vision_config, **load_kwargs)
+    tower = load_vision_tower(vision_tower, vision_config, device_map=device_map, **load_kwargs)
     config = MvlmLlavaConfig(
         vision_config=tower.config,
         text_config=language_model.config,
@@ -85,8 +90,7 @@ def build_model(
     )
     model = LlavaForCausalLM(config, vision_tower=tower, language_model=language_model)
     resize_embeddings(model, len(tokenizer))
-    if torch_dtype is not None:
-        model.multi_modal_projector.to(torch_dtype)
+    model.multi_modal_projector.to(device=model.get_input_embeddings().weight.device, dtype=torch_dtype)
     return model, tokenizer, load_image_processor(vision_tower, vision_config)
 
 
@@ -180,26 +184,62 @@ def load_pretrained_model(
     """
     del model_name
     kind = checkpoint_kind(model_path)
-    if kind != "full":
-        raise ValueError(
-            f"{model_path} is a {kind} checkpoint; loading it over --model-base {model_base!r} is not supported "
-            "by this version of mvlm, only full checkpoints are"
-        )
     dtype = torch_dtype or (torch.float16 if str(device).startswith("cuda") else torch.float32)
-    load_kwargs: dict[str, Any] = {"dtype": dtype}
-    if attn_implementation is not None:
-        load_kwargs["attn_implementation"] = attn_implementation
     quantization = _quantization_config(load_8bit, load_4bit, dtype)
     if quantization is not None:
-        load_kwargs["quantization_config"] = quantization
         device_map = device_map or {"": device}
-    if device_map is not None:
-        load_kwargs["device_map"] = device_map
-    model = LlavaForCausalLM.from_pretrained(model_path, **load_kwargs)
+    if kind == "full":
+        load_kwargs: dict[str, Any] = {"dtype": dtype, "quantization_config": quantization, "device_map": device_map}
+        if attn_implementation is not None:
+            load_kwargs["attn_implementation"] = attn_implementation
+        model = LlavaForCausalLM.from_pretrained(model_path, **load_kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(model_path)
+        image_processor = AutoImageProcessor.from_pretrained(model_path, backend="pil")
+    elif kind == "projector":
+        model, tokenizer, image_processor = _load_projector_over_base(
+            model_path, model_base, dtype, attn_implementation, quantization, device_map
+        )
+    else:
+        raise ValueError(
+            f"{model_path} is a {kind} checkpoint; loading it over --model-base {model_base!r} is not supported "
+            "by this version of mvlm yet"
+        )
     if device_map is None:
         model.to(device)
     model.eval()
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
-    image_processor = AutoImageProcessor.from_pretrained(model_path, backend="pil")
     context_len = getattr(model.config.text_config, "max_position_embeddings", None) or DEFAULT_CONTEXT_LENGTH
     return tokenizer, model, image_processor, context_len
+
+
+def _load_projector_over_base(
+    model_path: str,
+    model_base: str | None,
+    dtype: torch.dtype,
+    attn_implementation: str | None,
+    quantization: BitsAndBytesConfig | None,
+    device_map: str | dict | None,
+) -> tuple[LlavaForCausalLM, PreTrainedTokenizerBase, Any]:
+    """A stage-1 folder (projector + config): the LLM from `model_base`, the tower its config names."""
+    if model_base is None:
+        raise ValueError(f"{model_path} holds only a projector (a stage-1 checkpoint); pass the LLM it was "
+                         "trained on as model_base (--model-base)")
+    config = MvlmLlavaConfig.from_pretrained(model_path)
+    tower = config.mm_vision_tower
+    if not tower:
+        raise ValueError(f"{model_path}/config.json does not say which vision tower the projector was trained on "
+                         "(mm_vision_tower)")
+    model, tokenizer, image_processor = build_model(
+        model_base,
+        tower,
+        projector_type=config.projector_type,
+        vision_feature_layer=config.vision_feature_layer,
+        vision_feature_select_strategy=config.vision_feature_select_strategy,
+        torch_dtype=dtype,
+        attn_implementation=attn_implementation,
+        quantization_config=quantization,
+        device_map=device_map,
+    )
+    load_projector_weights(model, model_path)
+    for key in ("conv_mode", "image_aspect_ratio", "image_grid_pinpoints"):
+        setattr(model.config, key, getattr(config, key))
+    return model, tokenizer, image_processor
