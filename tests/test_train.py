@@ -184,3 +184,42 @@ def test_stage1_resumes_from_its_checkpoint(checkpoints, data, stage1, tmp_path)
                                                                        abs=1e-5)
     for name, tensor in trainer.model.multi_modal_projector.state_dict().items():
         assert torch.allclose(resumed.model.multi_modal_projector.state_dict()[name], tensor, atol=1e-6), name
+
+
+def held_out_loss(model, tokenizer, image_processor, json_path, image_folder, template):
+    from mvlm.data.dataset import DataConfig, LazySupervisedDataset, SupervisedCollator
+    from mvlm.data.formats import load_samples
+
+    dataset = LazySupervisedDataset(load_samples(json_path), tokenizer, image_processor,
+                                    DataConfig(template=template, num_image_tokens=model.num_image_tokens,
+                                               image_folder=image_folder))
+    batch = SupervisedCollator(tokenizer.pad_token_id)([dataset[index] for index in range(len(dataset))])
+    batch.pop("num_skipped_samples", None)
+    model.eval()
+    with torch.no_grad():
+        return model(**batch).loss.item()
+
+
+def test_two_stage_run_learns_the_synthetic_task(checkpoints, data, tmp_path):
+    held_out = synthetic.write_dataset(data["folder"], 16, seed=99, kind="qa")
+    pretrain, finetune = str(tmp_path / "pretrain"), str(tmp_path / "finetune")
+    main(common_flags(checkpoints, data["caption"], data["folder"], pretrain,
+                      "--version", "plain", "--tune_mm_mlp_adapter", "True", "--num_train_epochs", "3",
+                      "--learning_rate", "1e-2", "--save_strategy", "no"))
+    main(common_flags(checkpoints, data["qa"], data["folder"], finetune,
+                      "--version", "vicuna_v1", "--num_train_epochs", "15", "--learning_rate", "5e-3",
+                      "--pretrain_mm_mlp_adapter", pretrain, "--save_strategy", "no",
+                      "--group_by_modality_length", "True"))
+    from mvlm.model.builder import build_model
+
+    untrained = build_model(checkpoints("llm", "llama"), checkpoints("tower", "clip"))
+    before = held_out_loss(*untrained, held_out, data["folder"], "vicuna_v1")
+    after = held_out_loss(*_loaded(finetune), held_out,
+                          data["folder"], "vicuna_v1")
+    assert after < 0.3 * before, (before, after)
+    print(f"held-out loss: untrained {before:.3f}, after two stages {after:.3f}")
+
+
+def _loaded(folder):
+    tokenizer, model, image_processor, _ = load_pretrained_model(folder)
+    return model, tokenizer, image_processor
