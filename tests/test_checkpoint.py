@@ -116,7 +116,7 @@ def test_checkpoint_kind_reads_files_not_names(checkpoints, tmp_path):
         load_pretrained_model(str(tmp_path / "missing"))
     (tmp_path / "adapter_config.json").write_text("{}")
     assert checkpoint_kind(str(tmp_path)) == "lora"
-    with pytest.raises(ValueError, match="lora checkpoint"):
+    with pytest.raises(ValueError, match="holds lora weights but no config.json"):
         load_pretrained_model(str(tmp_path), model_base="base")
 
 

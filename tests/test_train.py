@@ -108,7 +108,7 @@ def stage1(checkpoints, data, tmp_path_factory):
 
 def test_stage1_folder_loads_over_its_base_llm(checkpoints, stage1):
     out, trainer = stage1
-    with pytest.raises(ValueError, match="pass the LLM it was trained on as model_base"):
+    with pytest.raises(ValueError, match="pass the model it was trained from as model_base"):
         load_pretrained_model(out)
     _, model, image_processor, _ = load_pretrained_model(out, model_base=checkpoints("llm", "llama"))
     for name, tensor in trainer.model.multi_modal_projector.state_dict().items():

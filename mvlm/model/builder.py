@@ -22,6 +22,7 @@ from transformers import (
 
 from mvlm.constants import DEFAULT_IMAGE_TOKEN, MVLM_MODEL_TYPE
 from mvlm.model.configuration import MvlmLlavaConfig
+from mvlm.model.lora import apply_lora_checkpoint
 from mvlm.model.modeling import LlavaForCausalLM
 from mvlm.model.projector_weights import load_projector_weights
 from mvlm.model.vision import default_image_processor, load_vision_config, load_vision_tower
@@ -148,22 +149,24 @@ def checkpoint_kind(model_path: str) -> str:
     )
 
 
-def _quantization_config(load_8bit: bool, load_4bit: bool, compute_dtype: torch.dtype) -> BitsAndBytesConfig | None:
-    """bitsandbytes config for the language model; the tower, projector and head stay unquantized."""
-    if load_8bit and load_4bit:
-        raise ValueError("choose one of load_8bit and load_4bit")
+def quantization_config(
+    bits: int, compute_dtype: torch.dtype, double_quant: bool = True, quant_type: str = "nf4"
+) -> BitsAndBytesConfig | None:
+    """bitsandbytes config for the language model (None for 16 bits); tower, projector and head stay unquantized."""
     skip = ["vision_tower", "multi_modal_projector", "lm_head"]
-    if load_8bit:
+    if bits == 16:
+        return None
+    if bits == 8:
         return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
-    if load_4bit:
+    if bits == 4:
         return BitsAndBytesConfig(
             load_in_4bit=True,
             bnb_4bit_compute_dtype=compute_dtype,
-            bnb_4bit_use_double_quant=True,
-            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=double_quant,
+            bnb_4bit_quant_type=quant_type,
             llm_int8_skip_modules=skip,
         )
-    return None
+    raise ValueError(f"quantization takes 4, 8 or 16 bits, got {bits}")
 
 
 def load_pretrained_model(
@@ -185,25 +188,23 @@ def load_pretrained_model(
     del model_name
     kind = checkpoint_kind(model_path)
     dtype = torch_dtype or (torch.float16 if str(device).startswith("cuda") else torch.float32)
-    quantization = _quantization_config(load_8bit, load_4bit, dtype)
+    if load_8bit and load_4bit:
+        raise ValueError("choose one of load_8bit and load_4bit")
+    quantization = quantization_config(8 if load_8bit else 4 if load_4bit else 16, dtype)
     if quantization is not None:
         device_map = device_map or {"": device}
+    load_kwargs = _from_pretrained_kwargs(dtype, quantization, device_map, attn_implementation)
     if kind == "full":
-        load_kwargs: dict[str, Any] = {"dtype": dtype, "quantization_config": quantization, "device_map": device_map}
-        if attn_implementation is not None:
-            load_kwargs["attn_implementation"] = attn_implementation
         model = LlavaForCausalLM.from_pretrained(model_path, **load_kwargs)
-        tokenizer = AutoTokenizer.from_pretrained(model_path)
-        image_processor = AutoImageProcessor.from_pretrained(model_path, backend="pil")
-    elif kind == "projector":
-        model, tokenizer, image_processor = _load_projector_over_base(
-            model_path, model_base, dtype, attn_implementation, quantization, device_map
-        )
     else:
-        raise ValueError(
-            f"{model_path} is a {kind} checkpoint; loading it over --model-base {model_base!r} is not supported "
-            "by this version of mvlm yet"
-        )
+        model = _load_base_for(model_path, kind, model_base, load_kwargs)
+        if kind == "projector":
+            load_projector_weights(model, model_path)
+        else:
+            # Merging adapters into quantized weights would round them; those stay as adapters.
+            model = apply_lora_checkpoint(model, model_path, merge=quantization is None)
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    image_processor = AutoImageProcessor.from_pretrained(model_path, backend="pil")
     if device_map is None:
         model.to(device)
     model.eval()
@@ -211,35 +212,55 @@ def load_pretrained_model(
     return tokenizer, model, image_processor, context_len
 
 
-def _load_projector_over_base(
-    model_path: str,
-    model_base: str | None,
+def _from_pretrained_kwargs(
     dtype: torch.dtype,
-    attn_implementation: str | None,
     quantization: BitsAndBytesConfig | None,
     device_map: str | dict | None,
-) -> tuple[LlavaForCausalLM, PreTrainedTokenizerBase, Any]:
-    """A stage-1 folder (projector + config): the LLM from `model_base`, the tower its config names."""
+    attn_implementation: str | None,
+) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {"dtype": dtype, "quantization_config": quantization, "device_map": device_map}
+    if attn_implementation is not None:
+        kwargs["attn_implementation"] = attn_implementation
+    return kwargs
+
+
+def _load_base_for(model_path: str, kind: str, model_base: str | None, load_kwargs: dict[str, Any]) -> LlavaForCausalLM:
+    """The model a projector or LoRA folder was trained from: an mvlm checkpoint given as `model_base`,
+    or a fresh build from the LLM `model_base` and the tower the folder's config names. Either way the
+    folder's inference settings (template, aspect ratio) replace the base's."""
     if model_base is None:
-        raise ValueError(f"{model_path} holds only a projector (a stage-1 checkpoint); pass the LLM it was "
-                         "trained on as model_base (--model-base)")
+        what = "only a projector (a stage-1 checkpoint)" if kind == "projector" else "LoRA adapters"
+        raise ValueError(f"{model_path} holds {what}; pass the model it was trained from as model_base "
+                         "(--model-base): the LLM, or the mvlm checkpoint the run started from")
+    if not os.path.isfile(os.path.join(model_path, "config.json")):
+        raise ValueError(f"{model_path} holds {kind} weights but no config.json (mvlm writes one next to them); "
+                         "copy it from the run's output folder")
     config = MvlmLlavaConfig.from_pretrained(model_path)
-    tower = config.mm_vision_tower
-    if not tower:
-        raise ValueError(f"{model_path}/config.json does not say which vision tower the projector was trained on "
+    if is_full_checkpoint(model_base):
+        model = LlavaForCausalLM.from_pretrained(model_base, **load_kwargs)
+    elif not config.mm_vision_tower:
+        raise ValueError(f"{model_path}/config.json does not say which vision tower it was trained with "
                          "(mm_vision_tower)")
-    model, tokenizer, image_processor = build_model(
-        model_base,
-        tower,
-        projector_type=config.projector_type,
-        vision_feature_layer=config.vision_feature_layer,
-        vision_feature_select_strategy=config.vision_feature_select_strategy,
-        torch_dtype=dtype,
-        attn_implementation=attn_implementation,
-        quantization_config=quantization,
-        device_map=device_map,
-    )
-    load_projector_weights(model, model_path)
+    else:
+        model, _, _ = build_model(
+            model_base,
+            config.mm_vision_tower,
+            projector_type=config.projector_type,
+            vision_feature_layer=config.vision_feature_layer,
+            vision_feature_select_strategy=config.vision_feature_select_strategy,
+            torch_dtype=load_kwargs["dtype"],
+            attn_implementation=load_kwargs.get("attn_implementation"),
+            quantization_config=load_kwargs["quantization_config"],
+            device_map=load_kwargs["device_map"],
+        )
     for key in ("conv_mode", "image_aspect_ratio", "image_grid_pinpoints"):
         setattr(model.config, key, getattr(config, key))
-    return model, tokenizer, image_processor
+    return model
+
+
+def is_full_checkpoint(path: str) -> bool:
+    """Whether `path` is a folder holding a full mvlm checkpoint (never raises)."""
+    try:
+        return checkpoint_kind(path) == "full"
+    except (ValueError, FileNotFoundError):
+        return False

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any
 
 import torch
-from transformers import AutoImageProcessor, AutoTokenizer, PreTrainedTokenizerBase
+from peft import prepare_model_for_kbit_training
+from torch import nn
+from transformers import AutoImageProcessor, AutoTokenizer, BitsAndBytesConfig, PreTrainedTokenizerBase
 
-from mvlm.model.builder import build_model, checkpoint_kind
+from mvlm.model.builder import build_model, is_full_checkpoint, quantization_config
+from mvlm.model.lora import add_lora
 from mvlm.model.modeling import LlavaForCausalLM
 from mvlm.model.projector_weights import load_projector_weights
 from mvlm.train.arguments import DataArguments, ModelArguments, TrainingArguments
+from mvlm.train.policy import TrainingPolicy
 
 logger = logging.getLogger(__name__)
 
@@ -39,29 +42,35 @@ def default_attn_implementation(requested: str | None) -> str:
     return "sdpa"
 
 
-def is_mvlm_checkpoint(path: str) -> bool:
-    if not os.path.isdir(path):
-        return False
-    try:
-        return checkpoint_kind(path) == "full"
-    except ValueError:
-        return False
-
-
 def select_strategy(model_args: ModelArguments) -> str | None:
     """LLaVA's patch / cls_patch; 'patch' is the tower's default (drop CLS where it has one)."""
     return "full" if model_args.mm_vision_select_feature == "cls_patch" else None
 
 
+def qlora_config(training_args: TrainingArguments, policy: TrainingPolicy) -> BitsAndBytesConfig | None:
+    """`--bits 4|8`: the LLM is loaded quantized (tower, projector and head stay as they are) for QLoRA."""
+    if training_args.bits == 16:
+        return None
+    if policy.language_model.mode != "lora":
+        raise ValueError(f"--bits {training_args.bits} quantizes the LLM, whose weights then cannot train; "
+                         "add --lora_enable True (QLoRA) or drop --bits")
+    return quantization_config(training_args.bits, training_dtype(training_args), training_args.double_quant,
+                               training_args.quant_type)
+
+
 def load_model_for_training(
-    model_args: ModelArguments, data_args: DataArguments, training_args: TrainingArguments
-) -> tuple[LlavaForCausalLM, PreTrainedTokenizerBase, Any]:
-    """A fresh model from an LLM + tower, or an mvlm checkpoint to continue; the stage-1 projector if given."""
+    model_args: ModelArguments, data_args: DataArguments, training_args: TrainingArguments, policy: TrainingPolicy
+) -> tuple[nn.Module, PreTrainedTokenizerBase, Any]:
+    """A fresh model from an LLM + tower, or an mvlm checkpoint to continue; the stage-1 projector if given;
+    quantized and wrapped with LoRA adapters when the policy says so."""
     dtype = training_dtype(training_args)
     attention = default_attn_implementation(model_args.attn_implementation)
-    if is_mvlm_checkpoint(model_args.model_name_or_path):
+    quantization = qlora_config(training_args, policy)
+    device_map = {"": training_args.device} if quantization is not None else None
+    if is_full_checkpoint(model_args.model_name_or_path):
         path = model_args.model_name_or_path
-        model = LlavaForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attention)
+        model = LlavaForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attention,
+                                                 quantization_config=quantization, device_map=device_map)
         tokenizer = AutoTokenizer.from_pretrained(path)
         image_processor = AutoImageProcessor.from_pretrained(path, backend="pil")
     else:
@@ -76,6 +85,8 @@ def load_model_for_training(
             vision_feature_select_strategy=select_strategy(model_args),
             torch_dtype=dtype,
             attn_implementation=attention,
+            quantization_config=quantization,
+            device_map=device_map,
         )
     if model_args.pretrain_mm_mlp_adapter:
         load_projector_weights(model, model_args.pretrain_mm_mlp_adapter)
@@ -84,4 +95,12 @@ def load_model_for_training(
     model.config.image_aspect_ratio = data_args.image_aspect_ratio
     model.config.image_grid_pinpoints = data_args.image_grid_pinpoints
     model.config.use_cache = False
+    if quantization is not None:
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=training_args.gradient_checkpointing,
+            gradient_checkpointing_kwargs=training_args.gradient_checkpointing_kwargs,
+        )
+    if policy.uses_lora:
+        model = add_lora(model, policy.lora_parts, training_args.lora_r, training_args.lora_alpha,
+                         training_args.lora_dropout, training_args.lora_bias)
     return model, tokenizer, image_processor

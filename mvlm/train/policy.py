@@ -47,8 +47,12 @@ class TrainingPolicy:
         )
 
     @property
+    def lora_parts(self) -> list[str]:
+        return [name for name in PARTS if self.part(name).mode == "lora"]
+
+    @property
     def uses_lora(self) -> bool:
-        return any(self.part(name).mode == "lora" for name in PARTS)
+        return bool(self.lora_parts)
 
 
 def policy_from_flags(
@@ -89,12 +93,18 @@ def part_of(parameter_name: str) -> str:
 
 
 def apply_policy(model: nn.Module, policy: TrainingPolicy) -> None:
-    """Set `requires_grad`: full parts train every weight; LoRA parts only their adapter weights."""
+    """Set `requires_grad`: full parts train every weight, frozen parts none.
+
+    LoRA parts keep what PEFT marked trainable when it added the adapters (the adapters, and biases
+    as --lora_bias says); a LoRA part without adapters is a bug upstream, refused here.
+    """
+    with_adapters = {part_of(name) for name, _ in model.named_parameters() if "lora_" in name}
+    for part in PARTS:
+        if policy.part(part).mode == "lora" and part not in with_adapters:
+            raise ValueError(f"the policy trains {part} through LoRA, but it has no LoRA adapters")
     for name, parameter in model.named_parameters():
         mode = policy.part(part_of(name)).mode
-        if mode == "lora":
-            parameter.requires_grad = "lora_" in name
-        else:
+        if mode != "lora":
             parameter.requires_grad = mode == "full"
 
 

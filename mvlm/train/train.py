@@ -12,6 +12,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from mvlm.data.dataset import BadSampleError, DataConfig, LazySupervisedDataset, SupervisedCollator
 from mvlm.data.formats import load_samples
 from mvlm.train.arguments import DataArguments, ModelArguments, TrainingArguments
+from mvlm.train.distributed import init_deepspeed_comm
 from mvlm.train.model_setup import load_model_for_training
 from mvlm.train.policy import apply_policy, policy_from_flags, policy_table
 from mvlm.train.trainer import MvlmTrainer
@@ -25,8 +26,6 @@ def main(argv: list[str] | None = None) -> MvlmTrainer:
     model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
 
-    transformers.set_seed(training_args.seed)  # the fresh projector is then the same in every run
-    model, tokenizer, image_processor = load_model_for_training(model_args, data_args, training_args)
     policy = policy_from_flags(
         tune_mm_mlp_adapter=model_args.tune_mm_mlp_adapter,
         freeze_backbone=model_args.freeze_backbone,
@@ -37,8 +36,9 @@ def main(argv: list[str] | None = None) -> MvlmTrainer:
         mm_projector_lr=training_args.mm_projector_lr,
         mm_vision_tower_lr=model_args.mm_vision_tower_lr,
     )
-    if policy.uses_lora:
-        raise NotImplementedError("LoRA training is not available in this version of mvlm yet")
+    transformers.set_seed(training_args.seed)  # the fresh projector and adapters are then the same in every run
+    init_deepspeed_comm(training_args)  # before building: ZeRO-3 partitions the weights as they load
+    model, tokenizer, image_processor = load_model_for_training(model_args, data_args, training_args, policy)
     apply_policy(model, policy)
     if training_args.gradient_checkpointing:
         model.enable_input_require_grads()

@@ -2,21 +2,21 @@
 
 - the modality-grouped length sampler (`--group_by_modality_length`);
 - optimizer groups from the training policy (per-part learning rates, no decay on biases and norms);
-- what a checkpoint holds: stage 1 the projector alone (`mm_projector.safetensors`) plus config,
-  tokenizer and image processor; otherwise a full mvlm checkpoint; and resuming from either;
+- what a checkpoint holds: stage 1 the projector alone (`mm_projector.safetensors`), LoRA runs the
+  adapters and the non-LoRA trainables, otherwise a full mvlm checkpoint; and resuming from each;
 - the count of skipped bad samples (`--skip_bad_samples`), reported at the end.
 """
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import torch
 from transformers import Trainer
 
 from mvlm.data.dataset import SKIPPED_KEY
-from mvlm.model.projector_weights import PROJECTOR_FILE, load_projector_weights, projector_state_dict, save_projector
+from mvlm.model.lora import resume_lora, save_lora
+from mvlm.model.projector_weights import load_projector_weights, projector_state_dict, save_projector
 from mvlm.train.policy import TrainingPolicy, parameter_groups
 from mvlm.train.sampler import ModalityLengthGroupedSampler
 
@@ -26,7 +26,12 @@ class MvlmTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.policy = policy
         self.image_processor = image_processor
-        self.skipped_samples = 0
+        self.skipped_sample_indices: set[int] = set()
+
+    @property
+    def skipped_samples(self) -> int:
+        """Distinct bad samples skipped so far (`--skip_bad_samples`); a sample met twice counts once."""
+        return len(self.skipped_sample_indices)
 
     def _get_train_sampler(self, train_dataset=None):
         dataset = train_dataset if train_dataset is not None else self.train_dataset
@@ -49,12 +54,17 @@ class MvlmTrainer(Trainer):
     def training_step(self, model, inputs, *args, **kwargs):
         skipped = inputs.pop(SKIPPED_KEY, None)
         if skipped is not None:
-            self.skipped_samples += int(skipped)
+            self.skipped_sample_indices.update(skipped.tolist())
         return super().training_step(model, inputs, *args, **kwargs)
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        """Stage 1: the projector alone; LoRA: adapters + non-LoRA trainables; else a full checkpoint.
+
+        Every kind also gets the config, tokenizer and image processor, so each `checkpoint-N/` loads
+        on its own (over its base for projector and LoRA folders).
+        """
         output_dir = output_dir if output_dir is not None else self.args.output_dir
-        if not self.policy.projector_only:
+        if not (self.policy.projector_only or self.policy.uses_lora):
             super()._save(output_dir, state_dict=state_dict)
             if self.args.should_save:
                 self.image_processor.save_pretrained(output_dir)
@@ -62,15 +72,20 @@ class MvlmTrainer(Trainer):
         if not self.args.should_save:
             return
         model = self.accelerator.unwrap_model(self.model)
-        tensors = state_dict if state_dict is not None else projector_state_dict(model)
-        save_projector(tensors, output_dir)
+        if self.policy.uses_lora:
+            save_lora(model, output_dir, state_dict)
+        else:
+            save_projector(state_dict if state_dict is not None else projector_state_dict(model), output_dir)
         model.config.save_pretrained(output_dir)
         self.processing_class.save_pretrained(output_dir)
         self.image_processor.save_pretrained(output_dir)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
-        if os.path.isfile(os.path.join(resume_from_checkpoint, PROJECTOR_FILE)):
-            model = model if model is not None else self.model
-            load_projector_weights(self.accelerator.unwrap_model(model), resume_from_checkpoint)
+        if not (self.policy.projector_only or self.policy.uses_lora):
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
             return
-        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        model = self.accelerator.unwrap_model(model if model is not None else self.model)
+        if self.policy.uses_lora:
+            resume_lora(model, resume_from_checkpoint)
+        else:
+            load_projector_weights(model, resume_from_checkpoint)
