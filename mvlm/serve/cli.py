@@ -1,0 +1,158 @@
+"""`python -m mvlm.serve.cli`: chat with a checkpoint in the terminal, as LLaVA's `llava.serve.cli` does.
+
+The image (a path or an http(s) URL) goes into the first turn only; later turns see it through the
+conversation. Answers stream as they are generated. An empty line or end of input ends the chat.
+The template is the one the checkpoint was trained with (stored in its config), unless --conv-mode says
+otherwise; it is never guessed from the folder name.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import urllib.error
+import urllib.request
+from typing import TextIO
+
+from PIL import Image
+
+from mvlm.constants import DEFAULT_IMAGE_TOKEN
+from mvlm.data.images import ImageError, load_image
+from mvlm.serve.inference import (
+    CheckpointError,
+    StopStringStreamer,
+    check_device,
+    default_device,
+    encode_prompt,
+    generate_answers,
+    generation_config,
+    load_for_inference,
+    new_conversation,
+    resolve_conv_mode,
+)
+
+MAX_DOWNLOAD_BYTES = 64 * 1024 * 1024
+DOWNLOAD_TIMEOUT_S = 30
+
+
+class ChatError(Exception):
+    """A problem the user can fix (bad path, URL, checkpoint or flag); shown as one line, no traceback."""
+
+
+def fetch_image(source: str) -> Image.Image:
+    """Open an image from a local path or an http(s) URL."""
+    if source.startswith(("http://", "https://")):
+        try:
+            with urllib.request.urlopen(source, timeout=DOWNLOAD_TIMEOUT_S) as response:
+                data = response.read(MAX_DOWNLOAD_BYTES + 1)
+        except (urllib.error.URLError, OSError, ValueError) as error:
+            reason = getattr(error, "reason", error)
+            raise ChatError(f"cannot fetch image URL {source}: {reason}") from error
+        if len(data) > MAX_DOWNLOAD_BYTES:
+            raise ChatError(f"image URL {source} is larger than {MAX_DOWNLOAD_BYTES // 2**20} MiB")
+        try:
+            return load_image(data)
+        except ImageError as error:
+            raise ChatError(f"image URL {source}: {error}") from error
+    try:
+        return load_image(source)
+    except ImageError as error:
+        raise ChatError(str(error)) from error
+
+
+def display_role(role: str, fallback: str) -> str:
+    """A role as the user should read it: ChatML's `<|im_start|>user\\n` shows as `user`."""
+    shown = re.sub(r"<\|[^|>]*\|>|<[^<>\s]+>", "", role).strip()
+    return shown or fallback
+
+
+def chat(args: argparse.Namespace, stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout) -> None:
+    """The read-answer loop; returns when the user enters an empty line or input ends."""
+    image = fetch_image(args.image_file) if args.image_file else None
+    try:
+        tokenizer, model, image_processor = load_for_inference(
+            args.model_path, args.model_base, args.device, args.load_8bit, args.load_4bit
+        )
+    except CheckpointError as error:
+        raise ChatError(str(error)) from error
+    try:
+        conv_mode = resolve_conv_mode(model, args.conv_mode, args.model_path)
+        conversation = new_conversation(conv_mode, tokenizer)
+        config = generation_config(
+            model, tokenizer, temperature=args.temperature, max_new_tokens=args.max_new_tokens,
+            stop_str=conversation.stop_str,
+        )
+    except ValueError as error:
+        raise ChatError(str(error)) from error
+    user, assistant = display_role(conversation.roles[0], "USER"), display_role(conversation.roles[1], "ASSISTANT")
+    pixel_values = None
+    while True:
+        stdout.write(f"{user}: ")
+        stdout.flush()
+        line = stdin.readline()
+        text = line.rstrip("\n")
+        if not text.strip():
+            stdout.write("\n" if not line else "")  # at end of input, end the prompt's line
+            stdout.write("exit...\n")
+            stdout.flush()
+            return
+        if image is not None and pixel_values is None:
+            text = f"{DEFAULT_IMAGE_TOKEN}\n{text}"  # the image goes into the first turn only
+        conversation.append_message(conversation.roles[0], text)
+        try:
+            prompt = encode_prompt(conversation, [image] if image is not None else [], tokenizer, image_processor,
+                                   model, pixel_values=pixel_values)
+        except ValueError as error:
+            raise ChatError(str(error)) from error
+        pixel_values = prompt.pixel_values if pixel_values is None else pixel_values
+        stdout.write(f"{assistant}: ")
+        stdout.flush()
+        streamer = StopStringStreamer(tokenizer, conversation.stop_str, stdout)
+        answer = generate_answers(model, tokenizer, [prompt], config, streamer=streamer)[0].text
+        conversation.append_message(conversation.roles[1], answer)
+        if args.debug:
+            rendered = conversation.copy()
+            rendered.messages[-1][1] = None
+            stdout.write(json.dumps({"prompt": rendered.get_prompt(), "outputs": answer}) + "\n")
+            stdout.flush()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m mvlm.serve.cli", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model-path", required=True, help="checkpoint folder (full, or stage-1 with --model-base)")
+    parser.add_argument("--model-base", default=None, help="the LLM a projector-only checkpoint was trained on")
+    parser.add_argument("--image-file", default=None, help="image path or http(s) URL; leave out for a text-only chat")
+    parser.add_argument("--conv-mode", default=None,
+                        help="chat template; default: the one stored in the checkpoint (conv_mode in config.json)")
+    parser.add_argument("--temperature", type=float, default=0.2, help="0 decodes greedily (default 0.2, as LLaVA)")
+    parser.add_argument("--max-new-tokens", type=int, default=512)
+    quantize = parser.add_mutually_exclusive_group()
+    quantize.add_argument("--load-8bit", action="store_true", help="8-bit language model (bitsandbytes)")
+    quantize.add_argument("--load-4bit", action="store_true", help="4-bit NF4 language model (bitsandbytes)")
+    parser.add_argument("--device", default=None, help="cpu, cuda or mps (default: cuda if available, else cpu)")
+    parser.add_argument("--debug", action="store_true", help="after each answer, print the prompt and the answer as JSON")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        try:
+            args.device = check_device(args.device or default_device())
+        except ValueError as error:
+            raise ChatError(str(error)) from error
+        chat(args)
+    except ChatError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
