@@ -1,0 +1,379 @@
+"""scripts/pretrain.sh, finetune.sh, finetune_lora.sh, finetune_qlora.sh driven as a user drives them.
+
+Real runs: `bash scripts/<name>.sh` in a subprocess on tiny Phi-2/SigLIP-shaped checkpoints (Mipha-3B's
+pair) and synthetic data, paths overridden by flags or by environment variables, on the CPU. The three
+stage-2 runs and a two-process torchrun run start together once stage 1 is done, so the file takes about
+a minute; Python start-up dominates. `DRY_RUN=1` runs check the command each script composes (recipes,
+launcher, global batch) against the numbers the seeds publish, in a fraction of a second each.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import synthetic
+from mvlm.model.builder import load_pretrained_model
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+SCRIPT_NAMES = ("pretrain.sh", "finetune.sh", "finetune_lora.sh", "finetune_qlora.sh")
+# Every variable the scripts read from the environment: unset for the tests, so each starts from defaults.
+SCRIPT_VARIABLES = (
+    "RECIPE LAUNCHER NPROC MASTER_PORT BF16 TF32 DRY_RUN MVLM_SCRIPT MODEL_NAME_OR_PATH VISION_TOWER "
+    "PROMPT_VERSION DATA_PATH IMAGE_FOLDER OUTPUT_DIR OUTPUT_SUFFIX PRETRAIN_MM_MLP_ADAPTER MM_PROJECTOR_TYPE "
+    "MM_VISION_SELECT_LAYER IMAGE_ASPECT_RATIO GROUP_BY_MODALITY_LENGTH UNFREEZE_MM_VISION_TOWER "
+    "MM_VISION_TOWER_LR GLOBAL_BATCH PER_DEVICE_BATCH LEARNING_RATE NUM_TRAIN_EPOCHS MODEL_MAX_LENGTH "
+    "WEIGHT_DECAY WARMUP_RATIO LR_SCHEDULER_TYPE GRADIENT_CHECKPOINTING SAVE_STEPS SAVE_TOTAL_LIMIT "
+    "NUM_WORKERS REPORT_TO DEEPSPEED_CONFIG LORA_R LORA_ALPHA LORA_DROPOUT MM_PROJECTOR_LR BITS QUANT_TYPE "
+    "DOUBLE_QUANT"
+).split()
+
+
+def script_env(**variables: str) -> dict[str, str]:
+    """The test's environment, no GPU visible, this interpreter as PYTHON, plus `variables`."""
+    env = {key: value for key, value in os.environ.items() if key not in SCRIPT_VARIABLES}
+    env.update(PYTHON=sys.executable, CUDA_VISIBLE_DEVICES="", NUM_WORKERS="0")
+    env.update(variables)
+    return env
+
+
+class ScriptRun:
+    """`bash scripts/NAME ARGS` started in the background; its output goes to a log file (no pipe to fill)."""
+
+    def __init__(self, name: str, args: list[str], env: dict[str, str], workdir: Path):
+        self.log = workdir / f"{name}-{len(list(workdir.glob('*.log')))}.log"
+        with open(self.log, "w") as log:
+            self.process = subprocess.Popen(
+                ["bash", str(SCRIPTS / name), *args], env=env, cwd=workdir, stdout=log, stderr=subprocess.STDOUT
+            )
+
+    def output(self) -> str:
+        """Wait for the run; its output, after asserting that it succeeded."""
+        self.process.wait(timeout=600)
+        text = self.log.read_text(errors="replace")
+        assert self.process.returncode == 0, text[-4000:]
+        return text
+
+
+def policy_table(output: str) -> dict[str, tuple[str, str]]:
+    """The training-policy table the run logged: part -> (mode, learning rate as printed)."""
+    lines = output.split("training policy:\n", 1)[1].splitlines()
+    assert lines[0].split() == ["module", "mode", "trainable", "total", "learning", "rate"]
+    return {row.split()[0]: (row.split()[1], row.split()[4]) for row in lines[1:4]}
+
+
+def launched_command(output: str) -> list[str]:
+    """The command line the script printed (`mvlm: ...`) before starting Python."""
+    line = next(line for line in output.splitlines() if line.startswith("mvlm: ") and "mvlm.train.train" in line)
+    return shlex.split(line[len("mvlm: "):])
+
+
+def last_flag_values(command: list[str]) -> dict[str, str]:
+    """What argparse will see: each --flag's last value (flags without a value are left out)."""
+    start = command.index("mvlm.train.train") + 1
+    values = {}
+    for index in range(start, len(command) - 1):
+        if command[index].startswith("--") and not command[index + 1].startswith("--"):
+            values[command[index][2:]] = command[index + 1]
+    return values
+
+
+# ---------------------------------------------------------------- real runs on tiny models, on the CPU
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("scripts")
+
+
+@pytest.fixture(scope="module")
+def data(workdir):
+    folder = workdir / "data"
+    return {
+        "folder": str(folder),
+        "caption": synthetic.write_dataset(str(folder), 24, seed=1, kind="caption"),
+        "qa": synthetic.write_dataset(str(folder), 24, seed=2, kind="qa", text_only_every=5),
+    }
+
+
+@pytest.fixture(scope="module")
+def models(checkpoints):
+    """Mipha-3B's pair in miniature: a Phi-2-shaped LLM and a SigLIP tower."""
+    return {"llm": checkpoints("llm", "phi"), "tower": checkpoints("tower", "siglip")}
+
+
+SMALL_BATCH = {"GLOBAL_BATCH": "4", "PER_DEVICE_BATCH": "2"}  # 2 per step x 2 accumulation on one process
+
+
+@pytest.fixture(scope="module")
+def pretrain(workdir, data, models):
+    """The brief's command: bash scripts/pretrain.sh --model_name_or_path ... --max_steps N."""
+    run = ScriptRun("pretrain.sh", [
+        "--model_name_or_path", models["llm"], "--vision_tower", models["tower"],
+        "--data_path", data["caption"], "--image_folder", data["folder"],
+        "--output_dir", "out/pretrain", "--max_steps", "3",
+    ], script_env(**SMALL_BATCH), workdir)
+    return workdir / "out/pretrain", run.output()
+
+
+@pytest.fixture(scope="module")
+def stage2(workdir, data, models, pretrain):
+    """Stage-2 runs from the stage-1 projector, started together; plus stage 1 again on two processes."""
+    projector = str(pretrain[0] / "mm_projector.safetensors")
+    paths = ["--model_name_or_path", models["llm"], "--vision_tower", models["tower"],
+             "--data_path", data["qa"], "--image_folder", data["folder"]]
+    runs = {
+        "finetune": ScriptRun("finetune.sh", [
+            *paths, "--pretrain_mm_mlp_adapter", projector, "--output_dir", "out/finetune", "--max_steps", "3",
+        ], script_env(**SMALL_BATCH), workdir),
+        # Paths through the environment this time, as `DATA_PATH=... bash scripts/finetune_lora.sh` does.
+        "lora": ScriptRun("finetune_lora.sh", ["--max_steps", "2"], script_env(
+            **SMALL_BATCH, MODEL_NAME_OR_PATH=models["llm"], VISION_TOWER=models["tower"], DATA_PATH=data["qa"],
+            IMAGE_FOLDER=data["folder"], PRETRAIN_MM_MLP_ADAPTER=projector, OUTPUT_DIR="out/lora",
+        ), workdir),
+        "qlora": ScriptRun("finetune_qlora.sh", [
+            *paths, "--pretrain_mm_mlp_adapter", projector, "--output_dir", "out/qlora", "--max_steps", "2",
+        ], script_env(**SMALL_BATCH, RECIPE="llava15"), workdir),
+        "torchrun": ScriptRun("pretrain.sh", [
+            "--model_name_or_path", models["llm"], "--vision_tower", models["tower"],
+            "--data_path", data["caption"], "--image_folder", data["folder"],
+            "--output_dir", "out/pretrain-2proc", "--max_steps", "2",
+        ], script_env(**SMALL_BATCH, NPROC="2"), workdir),
+    }
+    return runs
+
+
+def test_pretrain_trains_the_projector_with_the_mipha_stage1_recipe(pretrain):
+    out, output = pretrain
+    assert sorted(load_file(str(out / "mm_projector.safetensors"))) == [
+        "multi_modal_projector.linear_1.bias", "multi_modal_projector.linear_1.weight",
+        "multi_modal_projector.linear_2.bias", "multi_modal_projector.linear_2.weight"]
+    assert not (out / "model.safetensors").exists()
+    # The recipe reached the trainer: plain template, square images, only the projector at 1e-3.
+    config = json.loads((out / "config.json").read_text())
+    assert (config["conv_mode"], config["image_aspect_ratio"]) == ("plain", "square")
+    assert policy_table(output) == {
+        "vision_tower": ("frozen", "-"), "multi_modal_projector": ("full", "0.001"), "language_model": ("frozen", "-")}
+    # GLOBAL_BATCH=4 with 2 per device on one process: 2 accumulation steps, so 3 steps see 12 of the
+    # 24 samples (epoch 0.5; it would be 0.25 without accumulation).
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert (state["global_step"], state["train_batch_size"], state["log_history"][-1]["epoch"]) == (3, 2, 0.5)
+    # On a machine without a GPU: one plain Python process, --use_cpu, none of the GPU-only flags.
+    command = launched_command(output)
+    assert command[:3] == [sys.executable, "-m", "mvlm.train.train"]
+    assert last_flag_values(command)["use_cpu"] == "True"
+    assert not {"--bf16", "--tf32", "--deepspeed"} & set(command)
+
+
+def test_finetune_from_the_stage1_projector_writes_a_checkpoint_that_loads(pretrain, stage2, workdir):
+    output = stage2["finetune"].output()
+    out = workdir / "out/finetune"
+    _, model, _, _ = load_pretrained_model(str(out))
+    # Mipha-3B's stage 2: phi template, padded images, the vision tower trained with the LLM at 2e-5.
+    assert (model.config.conv_mode, model.config.image_aspect_ratio) == ("phi", "pad")
+    assert policy_table(output) == {
+        "vision_tower": ("full", "2e-05"), "multi_modal_projector": ("full", "2e-05"), "language_model": ("full", "2e-05")}
+    # It started from the stage-1 projector: 3 steps at <= 2e-5 move it by at most ~3e-5, while stage 1
+    # moved it from its initial values by ~1e-3 per element.
+    stage1 = load_file(str(pretrain[0] / "mm_projector.safetensors"))
+    for name, tensor in stage1.items():
+        assert torch.allclose(model.state_dict()[name], tensor, atol=1e-4), name
+
+
+def test_finetune_lora_takes_paths_from_the_environment_and_loads_over_its_base(stage2, models, workdir):
+    output = stage2["lora"].output()
+    out = workdir / "out/lora"
+    adapter = json.loads((out / "adapter_config.json").read_text())
+    assert (adapter["r"], adapter["lora_alpha"]) == (128, 256)  # LLaVA-1.5's LoRA recipe
+    assert policy_table(output) == {
+        "vision_tower": ("full", "2e-05"), "multi_modal_projector": ("full", "2e-05"), "language_model": ("lora", "0.0002")}
+    _, model, _, _ = load_pretrained_model(str(out), model_base=models["llm"])
+    assert model.config.conv_mode == "phi"
+
+
+def test_finetune_qlora_with_the_llava15_recipe(stage2, models, workdir):
+    output = stage2["qlora"].output()
+    out = workdir / "out/qlora"
+    quantization = json.loads((out / "config.json").read_text())["text_config"]["quantization_config"]
+    assert (quantization["load_in_4bit"], quantization["bnb_4bit_quant_type"],
+            quantization["bnb_4bit_use_double_quant"]) == (True, "nf4", True)
+    # RECIPE=llava15: v1 template, the vision tower frozen (Mipha's recipe trains it).
+    assert policy_table(output) == {
+        "vision_tower": ("frozen", "-"), "multi_modal_projector": ("full", "2e-05"), "language_model": ("lora", "0.0002")}
+    _, model, _, _ = load_pretrained_model(str(out), model_base=models["llm"])
+    assert model.config.conv_mode == "v1"
+
+
+def test_two_processes_on_the_cpu_launch_with_torchrun(stage2, workdir):
+    output = stage2["torchrun"].output()
+    command = launched_command(output)
+    assert command[:6] == [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    # GLOBAL_BATCH=4 = 2 per device x 2 processes: no accumulation; 2 steps see 8 of 24 samples.
+    assert last_flag_values(command)["gradient_accumulation_steps"] == "1"
+    state = json.loads((workdir / "out/pretrain-2proc/trainer_state.json").read_text())
+    assert state["global_step"] == 2 and state["log_history"][-1]["epoch"] == pytest.approx(1 / 3, abs=1e-3)
+    assert (workdir / "out/pretrain-2proc/mm_projector.safetensors").is_file()
+
+
+# ---------------------------------------------------------------- the composed command (DRY_RUN=1)
+
+
+def dry_run(name: str, *args: str, **variables: str) -> list[str]:
+    result = subprocess.run(["bash", str(SCRIPTS / name), *args], env=script_env(DRY_RUN="1", **variables),
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return shlex.split(result.stdout)
+
+
+# The seeds' published recipes. Accumulation is what 8 GPUs need for the global batch: Mipha 32x1 then
+# 4x4, LLaVA-1.5 32x1 then 16x1, XTuner LLaVA-Phi-3-mini 16x2 then 8x2.
+RECIPES = {
+    ("pretrain.sh", "mipha3b"): dict(model_name_or_path="microsoft/phi-2", vision_tower="google/siglip-so400m-patch14-384",
+                                     version="plain", learning_rate="1e-3", num_train_epochs="1", model_max_length="2048",
+                                     per_device_train_batch_size="32", gradient_accumulation_steps="1",
+                                     tune_mm_mlp_adapter="True", image_aspect_ratio="square"),
+    ("pretrain.sh", "llava15"): dict(model_name_or_path="lmsys/vicuna-7b-v1.5", vision_tower="openai/clip-vit-large-patch14-336",
+                                     version="plain", learning_rate="1e-3", num_train_epochs="1", model_max_length="2048",
+                                     per_device_train_batch_size="32", gradient_accumulation_steps="1",
+                                     tune_mm_mlp_adapter="True", image_aspect_ratio="square"),
+    ("pretrain.sh", "phi3mini"): dict(model_name_or_path="microsoft/Phi-3-mini-4k-instruct",
+                                      vision_tower="openai/clip-vit-large-patch14-336", version="phi3_chat",
+                                      learning_rate="1e-3", num_train_epochs="1", model_max_length="4096",
+                                      per_device_train_batch_size="16", gradient_accumulation_steps="2",
+                                      tune_mm_mlp_adapter="True", image_aspect_ratio="square"),
+    ("finetune.sh", "mipha3b"): dict(model_name_or_path="microsoft/phi-2", vision_tower="google/siglip-so400m-patch14-384",
+                                     version="phi", learning_rate="2e-5", num_train_epochs="2", model_max_length="2048",
+                                     per_device_train_batch_size="4", gradient_accumulation_steps="4",
+                                     unfreeze_mm_vision_tower="True", image_aspect_ratio="pad",
+                                     group_by_modality_length="True",
+                                     pretrain_mm_mlp_adapter="./checkpoints/mipha-3b-pretrain/mm_projector.safetensors",
+                                     output_dir="./checkpoints/mipha-3b"),
+    ("finetune.sh", "llava15"): dict(model_name_or_path="lmsys/vicuna-7b-v1.5", vision_tower="openai/clip-vit-large-patch14-336",
+                                     version="v1", learning_rate="2e-5", num_train_epochs="1", model_max_length="2048",
+                                     per_device_train_batch_size="16", gradient_accumulation_steps="1",
+                                     unfreeze_mm_vision_tower="False", image_aspect_ratio="pad",
+                                     group_by_modality_length="True",
+                                     pretrain_mm_mlp_adapter="./checkpoints/llava-v1.5-7b-pretrain/mm_projector.safetensors",
+                                     output_dir="./checkpoints/llava-v1.5-7b"),
+    ("finetune.sh", "phi3mini"): dict(model_name_or_path="microsoft/Phi-3-mini-4k-instruct",
+                                      vision_tower="openai/clip-vit-large-patch14-336", version="phi3_chat",
+                                      learning_rate="2e-5", num_train_epochs="2", model_max_length="4096",
+                                      per_device_train_batch_size="8", gradient_accumulation_steps="2",
+                                      unfreeze_mm_vision_tower="True", image_aspect_ratio="pad",
+                                      group_by_modality_length="True", output_dir="./checkpoints/llava-phi-3-mini"),
+    ("finetune_lora.sh", "llava15"): dict(version="v1", lora_enable="True", lora_r="128", lora_alpha="256",
+                                          learning_rate="2e-4", mm_projector_lr="2e-5", num_train_epochs="1",
+                                          per_device_train_batch_size="16", gradient_accumulation_steps="1",
+                                          output_dir="./checkpoints/llava-v1.5-7b-lora"),
+    ("finetune_qlora.sh", "mipha3b"): dict(version="phi", lora_enable="True", lora_r="128", lora_alpha="256",
+                                           learning_rate="2e-4", mm_projector_lr="2e-5", mm_vision_tower_lr="2e-5",
+                                           unfreeze_mm_vision_tower="True", bits="4", double_quant="True",
+                                           quant_type="nf4", output_dir="./checkpoints/mipha-3b-qlora"),
+}
+
+
+@pytest.mark.parametrize("script,recipe", sorted(RECIPES))
+def test_each_recipe_composes_the_seeds_numbers(script, recipe):
+    flags = last_flag_values(dry_run(script, RECIPE=recipe, LAUNCHER="torchrun", NPROC="8"))
+    assert {name: flags.get(name) for name in RECIPES[script, recipe]} == RECIPES[script, recipe]
+    assert flags["mm_projector_type"] == "mlp2x_gelu" and flags["mm_vision_select_layer"] == "-2"
+
+
+def test_mipha3b_is_the_default_recipe():
+    assert dry_run("finetune.sh") == dry_run("finetune.sh", RECIPE="mipha3b")
+
+
+@pytest.mark.parametrize("script", SCRIPT_NAMES)
+def test_an_unknown_recipe_stops_with_the_choices(script):
+    result = subprocess.run(["bash", str(SCRIPTS / script)], env=script_env(RECIPE="llava16"),
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        f"mvlm: unknown RECIPE='llava16' for {script}; choose one of: mipha3b (default), llava15, phi3mini "
+        f"(e.g. RECIPE=llava15 bash scripts/{script} ...)")
+
+
+def test_global_batch_is_kept_for_the_per_device_batch_the_user_passes():
+    # 128 / (8 x 1 process) = 16, whichever spelling of the flag, and the user's value is the last one.
+    for spelling in (["--per_device_train_batch_size", "8"], ["--per_device_train_batch_size=8"]):
+        flags = last_flag_values(dry_run("finetune.sh", *spelling))
+        assert flags["gradient_accumulation_steps"] == "16"
+    # The user's own accumulation is left alone, even where it breaks the global batch.
+    command = dry_run("finetune.sh", "--gradient_accumulation_steps", "3")
+    assert command.count("--gradient_accumulation_steps") == 1 and last_flag_values(command)["gradient_accumulation_steps"] == "3"
+
+
+def test_a_global_batch_the_hardware_cannot_divide_stops_with_a_clear_message():
+    result = subprocess.run(["bash", str(SCRIPTS / "pretrain.sh")], env=script_env(GLOBAL_BATCH="100", NPROC="3", LAUNCHER="torchrun"),
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "GLOBAL_BATCH=100 is not a multiple of the per-device batch 32 x NPROC=3" in result.stderr
+
+
+def test_user_flags_come_last_and_environment_overrides_the_recipe():
+    command = dry_run("pretrain.sh", "--learning_rate", "5e-4", "--bf16", "False",
+                      LEARNING_RATE="2e-3", DATA_PATH="d.json", OUTPUT_DIR="out/x")
+    flags = last_flag_values(command)
+    assert (flags["learning_rate"], flags["data_path"], flags["output_dir"]) == ("5e-4", "d.json", "out/x")
+    assert command[-4:] == ["--learning_rate", "5e-4", "--bf16", "False"]
+    assert command[command.index("--learning_rate") + 1] == "2e-3"  # the script's own, overridden by the user's
+
+
+@pytest.fixture
+def eight_gpus(tmp_path) -> dict[str, str]:
+    """PATH with an `nvidia-smi` that lists eight GPUs: this CPU machine has none, and only the command
+    the scripts compose for a GPU machine is checked here (DRY_RUN), never run."""
+    fake = tmp_path / "nvidia-smi"
+    fake.write_text("#!/bin/sh\nfor i in 0 1 2 3 4 5 6 7; do echo \"GPU $i: NVIDIA H100 80GB HBM3 (UUID: GPU-$i)\"; done\n")
+    fake.chmod(0o755)
+    return {"PATH": f"{tmp_path}{os.pathsep}{os.environ['PATH']}"}
+
+
+@pytest.mark.parametrize("script,config", [("pretrain.sh", "zero2.json"), ("finetune.sh", "zero3.json"),
+                                           ("finetune_lora.sh", "zero3.json"), ("finetune_qlora.sh", "zero2.json")])
+def test_gpus_launch_with_deepspeed_bf16_and_tf32(eight_gpus, script, config):
+    env = {key: value for key, value in script_env(LAUNCHER="deepspeed", **eight_gpus).items()
+           if key != "CUDA_VISIBLE_DEVICES"}
+    result = subprocess.run(["bash", str(SCRIPTS / script)], env={**env, "DRY_RUN": "1"},
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    command = shlex.split(result.stdout)
+    assert command[:9] == [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "8",
+                           "--master_port", "29500", "--module", "mvlm.train.train"]
+    flags = last_flag_values(command)
+    assert (flags["deepspeed"], flags["bf16"], flags["tf32"]) == (str(SCRIPTS / config), "True", "True")
+    assert "--use_cpu" not in command
+
+
+def test_cuda_visible_devices_narrows_the_gpus_and_raises_the_accumulation(eight_gpus):
+    flags = last_flag_values(dry_run("finetune.sh", LAUNCHER="deepspeed", CUDA_VISIBLE_DEVICES="0,1", **eight_gpus))
+    assert flags["gradient_accumulation_steps"] == "16"  # 128 / (4 per device x 2 GPUs)
+    command = dry_run("finetune.sh", LAUNCHER="deepspeed", CUDA_VISIBLE_DEVICES="0,1", **eight_gpus)
+    assert command[command.index("--num_gpus") + 1] == "2"
+
+
+def test_deepspeed_configs_have_llavas_keys_and_no_optimizer():
+    for name, stage in (("zero2.json", 2), ("zero3.json", 3), ("zero3_offload.json", 3)):
+        config = json.loads((SCRIPTS / name).read_text())
+        assert "optimizer" not in config and "scheduler" not in config, name  # Trainer's own, with mvlm's groups
+        assert config["bf16"]["enabled"] == config["fp16"]["enabled"] == "auto"
+        for key in ("train_micro_batch_size_per_gpu", "train_batch_size", "gradient_accumulation_steps"):
+            assert config[key] == "auto", (name, key)
+        zero = config["zero_optimization"]
+        assert (zero["stage"], zero["overlap_comm"], zero["contiguous_gradients"], zero["reduce_bucket_size"]) == (
+            stage, True, True, "auto"), name
+        if stage == 3:
+            assert zero["stage3_gather_16bit_weights_on_model_save"] is True
+            assert zero["stage3_prefetch_bucket_size"] == zero["stage3_param_persistence_threshold"] == "auto"
+    offload = json.loads((SCRIPTS / "zero3_offload.json").read_text())
+    assert offload["zero_optimization"]["offload_optimizer"] == offload["zero_optimization"]["offload_param"] == {
+        "device": "cpu", "pin_memory": True}
+    assert offload["zero_force_ds_cpu_optimizer"] is False  # lets DeepSpeed take Trainer's torch AdamW
