@@ -3,7 +3,8 @@ modality lengths for grouping, and the collator.
 
 A bad sample (missing or corrupt image, wrong `<image>` count, malformed conversation, too long) stops
 training at once with a report naming it, or, with `skip_bad_samples`, is replaced by the next good
-sample and counted; the count travels with the batch so that the trainer can report it.
+sample; the indices of the skipped samples travel with the batch, so that the trainer counts each bad
+sample once however often it is met (`python -m mvlm.data.check` finds them all up front).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from mvlm.data.formats import load_sample_images
 from mvlm.data.images import ImageError, process_images
 from mvlm.data.tokenize import SampleError, sample_id, sample_images, tokenize_sample
 
-SKIPPED_KEY = "num_skipped_samples"
+SKIPPED_KEY = "skipped_sample_indices"
 
 
 class BadSampleError(RuntimeError):
@@ -61,7 +62,7 @@ class LazySupervisedDataset(Dataset):
         return len(self.samples)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        skipped = 0
+        skipped: list[int] = []
         while True:
             try:
                 item = self.build(self.samples[index])
@@ -72,8 +73,8 @@ class LazySupervisedDataset(Dataset):
                         "Check the whole dataset with `python -m mvlm.data.check --data_path ... --image_folder ...`, "
                         "or pass --skip_bad_samples to skip and count such samples."
                     ) from error
-                skipped += 1
-                if skipped >= len(self.samples):
+                skipped.append(index)
+                if len(skipped) >= len(self.samples):
                     raise BadSampleError("every sample of the dataset is bad; see mvlm.data.check") from error
                 index = (index + 1) % len(self.samples)
                 continue
@@ -131,7 +132,7 @@ class SupervisedCollator:
         pixel_values = [feature["pixel_values"] for feature in features if feature["pixel_values"] is not None]
         if pixel_values:
             batch["pixel_values"] = torch.cat(pixel_values)
-        skipped = sum(feature.get(SKIPPED_KEY, 0) for feature in features)
+        skipped = [index for feature in features for index in feature.get(SKIPPED_KEY, ())]
         if skipped:
             batch[SKIPPED_KEY] = torch.tensor(skipped)
         return batch

@@ -11,7 +11,7 @@ import json
 import os
 from typing import Any, Iterable
 
-from mvlm.data.images import load_image
+from mvlm.data.images import ImageError, load_image
 from mvlm.data.tokenize import sample_images
 
 PARQUET_SUFFIXES = (".parquet",)
@@ -23,15 +23,25 @@ class DataFormatError(ValueError):
 
 def load_samples(data_paths: str | Iterable[str]) -> list[dict[str, Any]]:
     """All samples of one or several sources, in order. Several paths may also be given comma-separated."""
+    samples: list[dict[str, Any]] = []
+    for _path, source_samples in load_sources(data_paths):
+        samples += source_samples
+    return samples
+
+
+def split_data_paths(data_paths: str | Iterable[str]) -> list[str]:
+    """The individual sources of `--data_path` (several values, each possibly comma-separated)."""
     if isinstance(data_paths, str):
         data_paths = [data_paths]
     paths = [path.strip() for entry in data_paths for path in entry.split(",") if path.strip()]
     if not paths:
         raise DataFormatError("no --data_path given")
-    samples: list[dict[str, Any]] = []
-    for path in paths:
-        samples += _load_source(path)
-    return samples
+    return paths
+
+
+def load_sources(data_paths: str | Iterable[str]) -> list[tuple[str, list[dict[str, Any]]]]:
+    """(path, its samples) for each source, in order: lets a report say which file a sample came from."""
+    return [(path, _load_source(path)) for path in split_data_paths(data_paths)]
 
 
 def _load_source(path: str) -> list[dict[str, Any]]:
@@ -114,6 +124,8 @@ def resolve_image(entry: str | bytes, image_folder: str | None) -> str | bytes:
     """Where an image entry points: bytes as they are, relative paths under `image_folder`."""
     if isinstance(entry, (bytes, bytearray)):
         return bytes(entry)
+    if not isinstance(entry, str):
+        raise ImageError(f"image entry {entry!r} is neither a path nor bytes", "malformed_image_entry")
     if image_folder and not os.path.isabs(entry):
         return os.path.join(image_folder, entry)
     return entry

@@ -23,7 +23,17 @@ DEFAULT_MAX_IMAGE_PIXELS = 89_478_485
 
 
 class ImageError(ValueError):
-    """An image that cannot be used: missing, unreadable, or too large; the message names it."""
+    """An image that cannot be used: missing, unreadable, or too large; the message names it.
+
+    `reason` is one of mvlm.data.validate.REASONS' codes (missing_image, corrupt_image, oversized_image, ...).
+    """
+
+    def __init__(self, message: str, reason: str = "corrupt_image"):
+        super().__init__(message)
+        self.reason = reason
+
+    def __reduce__(self):  # keep the reason when the error crosses a process boundary
+        return type(self), (str(self), self.reason)
 
 
 def load_image(source: str | bytes | Image.Image, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Image.Image:
@@ -32,7 +42,7 @@ def load_image(source: str | bytes | Image.Image, max_pixels: int = DEFAULT_MAX_
         return source.convert("RGB")
     name = "<image bytes>" if isinstance(source, bytes) else str(source)
     if isinstance(source, (str, os.PathLike)) and not os.path.isfile(source):
-        raise ImageError(f"image file {name} does not exist")
+        raise ImageError(f"image file {name} does not exist", "missing_image")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -41,14 +51,17 @@ def load_image(source: str | bytes | Image.Image, max_pixels: int = DEFAULT_MAX_
             if width * height > max_pixels:
                 raise ImageError(
                     f"image {name} is {width}x{height} = {width * height} pixels, over the limit of {max_pixels} "
-                    "(a decompression bomb or a mistake); resize it or raise the limit"
+                    "(a decompression bomb or a mistake); resize it or raise the limit",
+                    "oversized_image",
                 )
             image.load()
             return image.convert("RGB")
     except ImageError:
         raise
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombWarning, Image.DecompressionBombError) as error:
-        raise ImageError(f"cannot read image {name}: {error}") from error
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as error:
+        raise ImageError(f"image {name} is refused as a decompression bomb: {error}", "oversized_image") from error
+    except (OSError, SyntaxError, ValueError) as error:
+        raise ImageError(f"cannot read image {name}: {error}", "corrupt_image") from error
 
 
 def mean_color(image_processor: Any) -> tuple[int, int, int]:
@@ -121,6 +134,13 @@ def anyres_views(image: Image.Image, tile_size: int, pinpoints: str | Sequence[S
         for left in range(0, best[0], tile_size)
     ]
     return [image.resize((tile_size, tile_size))] + tiles
+
+
+def anyres_view_count(image_size: tuple[int, int], tile_size: int, pinpoints: str | Sequence[Sequence[int]] | None) -> int:
+    """How many views `anyres_views` makes of an image of `image_size` (width, height), without making them:
+    lets a dataset check count an image's tokens from its size alone."""
+    best = select_best_resolution(image_size, parse_grid_pinpoints(pinpoints, tile_size))
+    return 1 + len(range(0, best[0], tile_size)) * len(range(0, best[1], tile_size))
 
 
 def process_images(

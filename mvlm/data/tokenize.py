@@ -21,13 +21,7 @@ from transformers import PreTrainedTokenizerBase
 
 from mvlm.constants import DEFAULT_IMAGE_TOKEN, IGNORE_INDEX
 from mvlm.conversation import Conversation, Piece, get_conversation
-
-HUMAN_ROLES = ("human", "user")
-ASSISTANT_ROLES = ("gpt", "assistant")
-
-
-class SampleError(ValueError):
-    """A sample that cannot be turned into training ids; the message names the sample and the fix."""
+from mvlm.data.validate import SampleError, sample_id, sample_images, validate_conversation  # noqa: F401 (re-exported)
 
 
 def image_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
@@ -50,18 +44,6 @@ def bos_prefix(tokenizer: PreTrainedTokenizerBase) -> list[int]:
     return []
 
 
-def sample_images(sample: dict[str, Any]) -> list[Any]:
-    """The sample's images as a list (LLaVA allows one path or a list)."""
-    image = sample.get("image")
-    if image is None:
-        return []
-    return list(image) if isinstance(image, (list, tuple)) else [image]
-
-
-def sample_id(sample: dict[str, Any]) -> str:
-    return str(sample.get("id", "<no id>"))
-
-
 def conversation_from_sample(
     sample: dict[str, Any], template: str | Conversation, tokenizer: PreTrainedTokenizerBase | None = None
 ) -> Conversation:
@@ -69,39 +51,19 @@ def conversation_from_sample(
 
     Each turn's `<image>` tags move to the start of that turn, each followed by a newline; a sample with
     images but no tag gets them at the start of its first turn. A leading `system` message replaces the
-    template's system prompt.
+    template's system prompt. A sample that breaks LLaVA's rules raises SampleError (mvlm.data.validate).
     """
     conv = get_conversation(template, tokenizer) if isinstance(template, str) else template.copy()
-    turns = sample.get("conversations")
-    name = sample_id(sample)
-    if not isinstance(turns, list) or not turns:
-        raise SampleError(f"sample {name}: 'conversations' must be a non-empty list of {{'from', 'value'}} turns")
-    for index, turn in enumerate(turns):
-        if not isinstance(turn, dict) or not isinstance(turn.get("value"), str) or "from" not in turn:
-            raise SampleError(f"sample {name}: turn {index} must be {{'from': ..., 'value': str}}, got {turn!r}")
-    if turns[0]["from"] == "system":
-        conv.system = turns[0]["value"]
-        turns = turns[1:]
+    system, turns = validate_conversation(sample)
+    if system is not None:
+        conv.system = system
     num_images = len(sample_images(sample))
     tags = sum(turn["value"].count(DEFAULT_IMAGE_TOKEN) for turn in turns)
-    if tags and tags != num_images:
-        raise SampleError(
-            f"sample {name}: {tags} {DEFAULT_IMAGE_TOKEN} tag(s) in the conversation but {num_images} image(s); "
-            f"write one {DEFAULT_IMAGE_TOKEN} per image"
-        )
     for index, turn in enumerate(turns):
-        expected = HUMAN_ROLES if index % 2 == 0 else ASSISTANT_ROLES
-        if turn["from"] not in expected:
-            raise SampleError(
-                f"sample {name}: turn {index} is from {turn['from']!r}, expected one of {expected} "
-                "(turns alternate human, gpt; an optional system turn comes first)"
-            )
         value = turn["value"]
         count = value.count(DEFAULT_IMAGE_TOKEN)
         if index == 0 and num_images and not tags:
             count = num_images
-        if count and index % 2 == 1:
-            raise SampleError(f"sample {name}: turn {index} (the assistant's) contains {DEFAULT_IMAGE_TOKEN}")
         if count:
             value = (DEFAULT_IMAGE_TOKEN + "\n") * count + value.replace(DEFAULT_IMAGE_TOKEN, "").strip()
         conv.append_message(conv.roles[index % 2], value)
@@ -176,9 +138,7 @@ def tokenize_sample(
     tokens, and images past the cut are dropped with their tokens.
     """
     name = sample_id(sample)
-    conv = conversation_from_sample(sample, template, tokenizer)
-    if len(conv.messages) % 2 or conv.messages[-1][1] is None:
-        raise SampleError(f"sample {name}: the conversation must end with an assistant (gpt) answer")
+    conv = conversation_from_sample(sample, template, tokenizer)  # validates the sample's structure
     tokens = tokenize_pieces(conv.pieces(), tokenizer, num_image_tokens)
     cut = len(tokens.input_ids) if max_length is None else min(max_length, len(tokens.input_ids))
     for start, end in tokens.image_blocks:
@@ -190,9 +150,10 @@ def tokenize_sample(
             first_target = next(index for index, label in enumerate(tokens.labels) if label != IGNORE_INDEX)
             raise SampleError(
                 f"sample {name}: its prompt alone takes {first_target} tokens (image tokens included), leaving no "
-                f"room for the answer within model_max_length={max_length}; raise --model_max_length or shorten it"
+                f"room for the answer within model_max_length={max_length}; raise --model_max_length or shorten it",
+                "too_long",
             )
-        raise SampleError(f"sample {name}: no answer token to learn from (every answer is empty)")
+        raise SampleError(f"sample {name}: no answer token to learn from (every answer is empty)", "empty_answer")
     return {
         "input_ids": torch.tensor(tokens.input_ids[:cut], dtype=torch.long),
         "labels": torch.tensor(labels, dtype=torch.long),

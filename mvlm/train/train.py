@@ -83,9 +83,13 @@ def main(argv: list[str] | None = None) -> MvlmTrainer:
 
 
 def _report(error: BaseException) -> str:
-    """Our own lines of the error, without the traceback a DataLoader worker wraps around them."""
+    """Our own lines of the error, without the traceback a DataLoader worker wraps around them.
+
+    From a worker, the first line comes back as the traceback's last line, "...BadSampleError: bad sample ...".
+    """
     ours = ("bad sample", "every sample", "Check the whole dataset", "or pass --skip_bad_samples")
-    return "\n".join(line for line in str(error).splitlines() if line.startswith(ours))
+    lines = (line.split("BadSampleError: ", 1)[-1] for line in str(error).splitlines())
+    return "\n".join(line for line in lines if line.startswith(ours))
 
 
 if __name__ == "__main__":
