@@ -20,6 +20,7 @@ from transformers import PreTrainedTokenizerBase
 from mvlm.constants import IGNORE_INDEX
 from mvlm.data.formats import load_sample_images
 from mvlm.data.images import ImageError, process_images
+from mvlm.data.packing import pack_rows, packed_tensors
 from mvlm.data.tokenize import SampleError, sample_id, sample_images, tokenize_sample
 
 SKIPPED_KEY = "skipped_sample_indices"
@@ -117,18 +118,23 @@ class LazySupervisedDataset(Dataset):
 
 @dataclasses.dataclass
 class SupervisedCollator:
-    """Right-pads a batch; the attention mask comes from the true lengths (pad may equal EOS)."""
+    """Right-pads a batch; the attention mask comes from the true lengths (pad may equal EOS).
+
+    With `pack_to` (--packing) the batch's samples are packed into as few rows of at most `pack_to`
+    tokens as they fit in, with restarting position ids instead of an attention mask (see `packing`).
+    """
 
     pad_token_id: int
+    pack_to: int | None = None
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        input_ids = pad_sequence([feature["input_ids"] for feature in features], batch_first=True,
-                                 padding_value=self.pad_token_id)
-        labels = pad_sequence([feature["labels"] for feature in features], batch_first=True,
-                              padding_value=IGNORE_INDEX)
-        lengths = torch.tensor([len(feature["input_ids"]) for feature in features])
-        attention_mask = (torch.arange(input_ids.shape[1])[None, :] < lengths[:, None]).long()
-        batch = {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
+        if self.pack_to is not None:
+            rows = [[features[index] for index in row]
+                    for row in pack_rows([len(feature["input_ids"]) for feature in features], self.pack_to)]
+            batch = packed_tensors(rows, self.pad_token_id)
+            features = [feature for row in rows for feature in row]  # images in the order their tokens now stand
+        else:
+            batch = self._padded(features)
         pixel_values = [feature["pixel_values"] for feature in features if feature["pixel_values"] is not None]
         if pixel_values:
             batch["pixel_values"] = torch.cat(pixel_values)
@@ -136,3 +142,12 @@ class SupervisedCollator:
         if skipped:
             batch[SKIPPED_KEY] = torch.tensor(skipped)
         return batch
+
+    def _padded(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        input_ids = pad_sequence([feature["input_ids"] for feature in features], batch_first=True,
+                                 padding_value=self.pad_token_id)
+        labels = pad_sequence([feature["labels"] for feature in features], batch_first=True,
+                              padding_value=IGNORE_INDEX)
+        lengths = torch.tensor([len(feature["input_ids"]) for feature in features])
+        attention_mask = (torch.arange(input_ids.shape[1])[None, :] < lengths[:, None]).long()
+        return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}

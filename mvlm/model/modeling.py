@@ -144,6 +144,9 @@ class LlavaForCausalLM(PreTrainedModel, GenerationMixin):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
         if inputs_embeds is None:
             inputs_embeds = self.embed_multimodal(input_ids, pixel_values)
+        if use_cache is None and labels is not None:
+            # A loss needs no cache, and with one transformers ignores packed rows' restarting position_ids.
+            use_cache = False
         return self.language_model(
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,

@@ -2,7 +2,7 @@
 
 Everything `transformers.TrainingArguments` has (deepspeed, bf16, gradient checkpointing, saving,
 logging, resume, report_to) works as usual; the fields below are LLaVA's, plus a few of mvlm's own
-(`--lora_vision_tower`, `--mm_vision_tower_lr`, `--skip_bad_samples`).
+(`--lora_vision_tower`, `--mm_vision_tower_lr`, `--packing`, `--skip_bad_samples`).
 """
 
 from __future__ import annotations
@@ -67,6 +67,10 @@ class DataArguments:
     )
     lazy_preprocess: bool = dataclasses.field(default=True, metadata={"help": "Accepted for LLaVA scripts; always lazy."})
     is_multimodal: bool = dataclasses.field(default=True, metadata={"help": "Accepted for LLaVA scripts."})
+    packing: bool = dataclasses.field(
+        default=False, metadata={"help": "Pack several samples per row up to --model_max_length (attention stays "
+                                         "within each sample)."}
+    )
     skip_bad_samples: bool = dataclasses.field(
         default=False, metadata={"help": "Skip and count bad samples instead of stopping at the first one."}
     )

@@ -62,7 +62,9 @@ def main(argv: list[str] | None = None) -> MvlmTrainer:
         model=model,
         args=training_args,
         train_dataset=dataset,
-        data_collator=SupervisedCollator(tokenizer.pad_token_id),
+        data_collator=SupervisedCollator(
+            tokenizer.pad_token_id, pack_to=training_args.model_max_length if data_args.packing else None
+        ),
         processing_class=tokenizer,
         policy=policy,
         image_processor=image_processor,
