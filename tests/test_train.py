@@ -223,3 +223,17 @@ def test_two_stage_run_learns_the_synthetic_task(checkpoints, data, tmp_path):
 def _loaded(folder):
     tokenizer, model, image_processor, _ = load_pretrained_model(folder)
     return model, tokenizer, image_processor
+
+
+def test_flash_attention_falls_back_to_sdpa_with_one_warning(checkpoints, data, tmp_path, caplog):
+    from mvlm.train import model_setup
+
+    model_setup._warn_once.cache_clear()
+    flags = common_flags(checkpoints, data["qa"], data["folder"], str(tmp_path / "flash"), "--max_steps", "1",
+                         "--save_strategy", "no", "--attn_implementation", "flash_attention_2")
+    trainer = main(flags)
+    main(flags[:-1] + ["flash_attention_2"])  # a second run in the same process: no second warning
+    assert trainer.model.config.text_config._attn_implementation == "sdpa"
+    warnings = [record for record in caplog.records if "flash-attention 2 cannot run here" in record.getMessage()]
+    assert len(warnings) == 1 and warnings[0].levelname == "WARNING"
+    assert model_setup.default_attn_implementation("eager") == "eager"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any
 
@@ -9,6 +10,7 @@ import torch
 from peft import prepare_model_for_kbit_training
 from torch import nn
 from transformers import AutoImageProcessor, AutoTokenizer, BitsAndBytesConfig, PreTrainedTokenizerBase
+from transformers.utils import is_flash_attn_2_available
 
 from mvlm.model.builder import build_model, is_full_checkpoint, quantization_config
 from mvlm.model.lora import add_lora
@@ -29,17 +31,22 @@ def training_dtype(training_args: TrainingArguments) -> torch.dtype:
 
 
 def default_attn_implementation(requested: str | None) -> str:
-    """The asked-for attention, else flash-attention 2 where it is installed and a GPU exists, else SDPA."""
-    if requested is not None:
+    """The asked-for attention, else the best available: flash-attention 2 on a GPU where it is installed,
+    else SDPA. Asking for flash-attention where it cannot run falls back to SDPA with one warning, so a
+    GPU recipe also runs on a laptop."""
+    if requested not in (None, "flash_attention_2"):
         return requested
-    if torch.cuda.is_available():
-        try:
-            import flash_attn  # noqa: F401
-
-            return "flash_attention_2"
-        except ImportError:
-            logger.warning("flash-attn is not installed; using SDPA attention (pip install mvlm[gpu] for flash-attn)")
+    if is_flash_attn_2_available():
+        return "flash_attention_2"
+    if requested == "flash_attention_2" or torch.cuda.is_available():
+        _warn_once("flash-attention 2 cannot run here (it needs a CUDA GPU and `pip install mvlm[gpu]`); "
+                   "using SDPA attention")
     return "sdpa"
+
+
+@functools.lru_cache(maxsize=None)
+def _warn_once(message: str) -> None:
+    logger.warning(message)
 
 
 def select_strategy(model_args: ModelArguments) -> str | None:
