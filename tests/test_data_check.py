@@ -43,6 +43,7 @@ BAD = {
     "bad-missing-image": ({"image": "nope.png", "conversations": QA}, "missing_image"),
     "bad-truncated-png": ({"image": "truncated.png", "conversations": QA}, "corrupt_image"),
     "bad-text-as-jpg": ({"image": "notes.jpg", "conversations": QA}, "corrupt_image"),
+    "bad-bomb": ({"image": "bomb.png", "conversations": QA}, "oversized_image"),
     "bad-image-entry": ({"image": 5, "conversations": QA}, "malformed_image_entry"),
     "bad-two-tags-one-image": ({"image": "red.png", "conversations": turns(
         ("human", "<image>\n<image>\nWhat?"), ("gpt", "red"))}, "image_count"),
@@ -69,6 +70,7 @@ TOO_LONG = {"bad-prompt-too-long": {"image": "red.png", "conversations": turns(
 EXPECTED_MESSAGES = {
     "missing_image": "does not exist",
     "corrupt_image": "cannot read image",
+    "oversized_image": "refused as a decompression bomb",
     "malformed_image_entry": "image entry 5 is neither a path nor bytes",
     "image_count": "tag(s) in the conversation but",
     "image_in_answer": "turn 1 (the assistant's) contains <image>",
@@ -82,7 +84,8 @@ EXPECTED_MESSAGES = {
 
 
 def write_fixture(folder):
-    """images/ with good PNGs and two corrupt files; data.json (most samples) and more.jsonl (the rest)."""
+    """images/ with good PNGs, two corrupt files and a decompression bomb; data.json (most samples) and
+    more.jsonl (the rest)."""
     images = os.path.join(folder, "images")
     os.makedirs(images)
     synthetic.make_image("red", "left").save(os.path.join(images, "red.png"))
@@ -93,6 +96,7 @@ def write_fixture(folder):
         handle.write(png[: len(png) // 2])
     with open(os.path.join(images, "notes.jpg"), "w") as handle:
         handle.write("these are my notes, not a picture\n")
+    Image.new("1", (10000, 9000)).save(os.path.join(images, "bomb.png"))  # 90M pixels in an 11 kB file
     samples = [{"id": name, **sample} for name, sample in GOOD.items()]
     samples += [{"id": name, **sample} for name, (sample, _reason) in BAD.items()]
     samples += [{"id": name, **sample} for name, sample in TOO_LONG.items()]
@@ -240,7 +244,8 @@ def test_check_cli_with_tokenizer_finds_too_long_samples_and_writes_json(fixture
     assert report["num_samples"] == len(fixture["samples"]) and report["num_bad"] == len(BAD) + len(TOO_LONG)
     assert sorted(p["id"] for p in report["problems"] if p["severity"] == "error") == sorted([*BAD, *TOO_LONG])
     missing = next(p for p in report["problems"] if p["id"] == "bad-missing-image")
-    assert (missing["file"], missing["position"], missing["reason"]) == (fixture["files"][0], len(GOOD), "missing_image")
+    assert (missing["file"], missing["position"], missing["reason"]) == (
+        fixture["files"][0], len(GOOD), "missing_image")
 
 
 def test_good_data_exits_zero_and_usage_errors_exit_two(fixture, tmp_path, capsys):
@@ -249,7 +254,8 @@ def test_good_data_exits_zero_and_usage_errors_exit_two(fixture, tmp_path, capsy
     json.dump(good, open(path, "w"))
     assert check_main(["--data_path", path, "--image_folder", fixture["images"], "--num_workers", "0"]) == 0
     output = capsys.readouterr().out
-    assert output.splitlines()[0] == f"checked {len(good)} samples from 1 file(s): 0 bad, {len(good)} good, 0 warning(s)"
+    assert output.splitlines()[0] == (
+        f"checked {len(good)} samples from 1 file(s): 0 bad, {len(good)} good, 0 warning(s)")
     assert "bad sample" not in output
 
     assert check_main(["--data_path", str(tmp_path / "absent.json"), "--image_folder", fixture["images"]]) == 2
@@ -257,6 +263,10 @@ def test_good_data_exits_zero_and_usage_errors_exit_two(fixture, tmp_path, capsy
     assert captured.err == f"mvlm.data.check: error: data file {tmp_path / 'absent.json'} does not exist\n"
     assert check_main(["--data_path", path, "--version", "no_such_template"]) == 2
     assert "unknown chat template 'no_such_template'" in capsys.readouterr().err
+    assert check_main(["--data_path", path, "--model_name_or_path", str(tmp_path / "no_llm")]) == 2
+    assert capsys.readouterr().err.startswith(
+        "mvlm.data.check: error: cannot load the tokenizer or vision config from --model_name_or_path "
+        f"{tmp_path}/no_llm")
 
     broken = tmp_path / "broken.json"
     broken.write_text('[{"id": 1,')
@@ -360,3 +370,24 @@ def test_collator_carries_the_skipped_indices(training_pieces):
                  SKIPPED_KEY: skipped} for skipped in ([], [6, 7], [7])]
     batch = SupervisedCollator(length_check.tokenizer.pad_token_id)(features)
     assert batch[SKIPPED_KEY].tolist() == [6, 7, 7]
+
+
+def test_length_check_reads_an_mvlm_checkpoint_as_training_continues_from_it(checkpoints, training_pieces, tmp_path):
+    """From an mvlm checkpoint the tokenizer and tokens per image come from the checkpoint, no tower flag needed;
+    they equal those of the LLM + tower it was built from."""
+    from mvlm.model.builder import build_model, save_checkpoint
+
+    model, tokenizer, image_processor = build_model(checkpoints("llm", "llama"), checkpoints("tower", "clip"),
+                                                    vision_feature_select_strategy="full")
+    save_checkpoint(str(tmp_path), model, tokenizer, image_processor)
+    from_checkpoint, note = load_length_check(str(tmp_path), None, "patch")
+    from_parts, _ = training_pieces
+    assert from_checkpoint.num_image_tokens == model.num_image_tokens == 5  # 4 patches + CLS ("full")
+    assert from_parts.num_image_tokens == 4
+    with_cls, _ = load_length_check(checkpoints("llm", "llama"), checkpoints("tower", "clip"), "cls_patch")
+    assert with_cls.num_image_tokens == 5
+    assert from_checkpoint.tokenizer.get_vocab() == from_parts.tokenizer.get_vocab()
+    assert from_checkpoint.tile_size == from_parts.tile_size == 28
+    assert note == f"5 tokens per image, tokenizer of {tmp_path}"
+    skipped, why = load_length_check(checkpoints("llm", "llama"), None, "patch")
+    assert skipped is None and "--vision_tower is needed" in why

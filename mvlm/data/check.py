@@ -222,7 +222,6 @@ def load_length_check(
     if model_name_or_path is None:
         return None, ("skipped: no tokenizer; pass --model_name_or_path (an LLM with --vision_tower, or an mvlm "
                       "checkpoint) to check lengths")
-    _require_path(model_name_or_path, "--model_name_or_path")
     try:
         full_checkpoint = checkpoint_kind(model_name_or_path) == "full"
     except (ValueError, FileNotFoundError):
@@ -234,19 +233,20 @@ def load_length_check(
             count = num_image_tokens(config.vision_config, config.vision_feature_select_strategy)
             image_processor = AutoImageProcessor.from_pretrained(model_name_or_path, backend="pil")
         else:
-            if vision_tower is None:
-                return None, (f"skipped: {model_name_or_path} is not an mvlm checkpoint, so --vision_tower is needed "
-                              "to count image tokens")
-            _require_path(vision_tower, "--vision_tower")
             tokenizer = AutoTokenizer.from_pretrained(model_name_or_path)  # as mvlm.model.builder.build_model does
             add_image_token(tokenizer)
             ensure_pad_token(tokenizer)
+            if vision_tower is None:
+                return None, (f"skipped: {model_name_or_path} is not an mvlm checkpoint, so --vision_tower is needed "
+                              "to count image tokens")
             vision_config = load_vision_config(vision_tower)
             strategy = resolve_select_strategy(vision_config, "full" if select_feature == "cls_patch" else None)
             count = num_image_tokens(vision_config, strategy)
             image_processor = load_image_processor(vision_tower, vision_config)
-    except (OSError, ValueError, KeyError) as error:
-        raise UsageError(f"cannot load the tokenizer / vision config: {error}") from error
+    except (OSError, ValueError, KeyError) as error:  # a wrong path (or an unreachable hub id)
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UsageError(f"cannot load the tokenizer or vision config from --model_name_or_path "
+                         f"{model_name_or_path} / --vision_tower {vision_tower}: {first_line}") from error
     tile_size = min(processor_input_size(image_processor))
     source = model_name_or_path + (f" + {vision_tower}" if not full_checkpoint else "")
     return LengthCheck(tokenizer, count, tile_size, source), f"{count} tokens per image, tokenizer of {source}"
@@ -268,7 +268,8 @@ def _locate(sources: list[tuple[str, list[dict[str, Any]]]]) -> list[tuple[str, 
 
 def problem_line(problem: Problem, sample: dict[str, Any], where: tuple[str, int]) -> str:
     head = "warning: sample" if problem.warning else "bad sample"
-    return f"{head} {sample_id(sample)} (index {problem.index}, {where[0]} #{where[1]}): {problem.reason}: {problem.message}"
+    location = f"(index {problem.index}, {where[0]} #{where[1]})"
+    return f"{head} {sample_id(sample)} {location}: {problem.reason}: {problem.message}"
 
 
 def build_report(
@@ -364,6 +365,8 @@ def run(args: argparse.Namespace) -> int:
         _require_path(path, "data file")
     if args.image_folder is not None and not os.path.isdir(args.image_folder):
         raise UsageError(f"--image_folder {args.image_folder} is not a folder")
+    if args.json and not os.path.isdir(os.path.dirname(os.path.abspath(args.json))):
+        raise UsageError(f"--json {args.json}: its folder does not exist")
     length_check, length_note = load_length_check(
         args.model_name_or_path, args.vision_tower, args.mm_vision_select_feature
     )

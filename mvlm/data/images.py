@@ -136,7 +136,9 @@ def anyres_views(image: Image.Image, tile_size: int, pinpoints: str | Sequence[S
     return [image.resize((tile_size, tile_size))] + tiles
 
 
-def anyres_view_count(image_size: tuple[int, int], tile_size: int, pinpoints: str | Sequence[Sequence[int]] | None) -> int:
+def anyres_view_count(
+    image_size: tuple[int, int], tile_size: int, pinpoints: str | Sequence[Sequence[int]] | None
+) -> int:
     """How many views `anyres_views` makes of an image of `image_size` (width, height), without making them:
     lets a dataset check count an image's tokens from its size alone."""
     best = select_best_resolution(image_size, parse_grid_pinpoints(pinpoints, tile_size))
