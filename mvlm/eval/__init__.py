@@ -1,0 +1,1 @@
+"""Evaluation: benchmark runners (answers jsonl) and scorers that reproduce the official metrics."""

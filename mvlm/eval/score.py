@@ -1,0 +1,61 @@
+"""Score a runner's answers the way each benchmark's official (or LLaVA's) script does.
+
+    python -m mvlm.eval.score BENCHMARK --answers A.jsonl [A2.jsonl ...] [benchmark files...] [--json OUT]
+
+`--answers` takes one file or all `--num-chunks` parts (concatenated in the order given, replacing
+LLaVA's merge step). `--json OUT` writes every printed metric. `python -m mvlm.eval.score BENCHMARK -h`
+lists a benchmark's files and says where mvlm deliberately differs from the official script.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from types import ModuleType
+from typing import Any, Sequence
+
+from mvlm.eval.scorers import gqa, mmbench, mme, mmmu, pope, scienceqa, seed, textvqa, vizwiz, vqav2
+from mvlm.eval.scorers.common import ScoreError, write_json
+
+SCORERS: dict[str, ModuleType] = {
+    module.NAME: module for module in (vqav2, vizwiz, textvqa, gqa, scienceqa, pope, mme, mmbench, seed, mmmu)
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m mvlm.eval.score", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    benchmarks = parser.add_subparsers(dest="benchmark", metavar="BENCHMARK", required=True)
+    for name, module in SCORERS.items():
+        sub = benchmarks.add_parser(
+            name, help=module.HELP, description=module.DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+        )
+        sub.add_argument(
+            "--answers",
+            nargs="+",
+            required=True,
+            metavar="A.jsonl",
+            help="answers jsonl of the runner; several files (e.g. chunks) are concatenated in order",
+        )
+        module.add_arguments(sub)
+        sub.add_argument("--json", metavar="OUT", help="also write every printed metric to this JSON file")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Parse, score, print; returns the metrics (what --json writes). Bad input exits 2 with one line."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        metrics = SCORERS[args.benchmark].run(args)
+        if args.json:
+            write_json(args.json, metrics)
+    except ScoreError as error:
+        print(f"mvlm.eval.score {args.benchmark}: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+    return metrics
+
+
+if __name__ == "__main__":
+    main()
