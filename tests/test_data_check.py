@@ -391,3 +391,19 @@ def test_length_check_reads_an_mvlm_checkpoint_as_training_continues_from_it(che
     assert note == f"5 tokens per image, tokenizer of {tmp_path}"
     skipped, why = load_length_check(checkpoints("llm", "llama"), None, "patch")
     assert skipped is None and "--vision_tower is needed" in why
+
+
+def test_modality_lengths_survive_malformed_samples(fixture, training_pieces):
+    """--group_by_modality_length measures every sample at start-up: a malformed one must not crash it there
+    (it is reported when built); well-formed samples get their usual signed lengths."""
+    length_check, image_processor = training_pieces
+    config = DataConfig(template="vicuna_v1", num_image_tokens=4, image_folder=fixture["images"])
+    lengths = LazySupervisedDataset(fixture["samples"], length_check.tokenizer, image_processor, config).modality_lengths
+    assert len(lengths) == len(fixture["samples"])
+    by_id = {sample["id"]: length for sample, length in zip(fixture["samples"], lengths)}
+    def text_length(text):
+        return len(length_check.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    assert by_id["good-text"] == -text_length("Say yes. yes")
+    assert by_id["bad-no-conversations"] == 0 and by_id["bad-value-not-string"] == -text_length("x")  # 3 not counted
+    assert by_id["good-two-images"] > 8  # two images of 4 tokens plus the text

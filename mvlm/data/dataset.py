@@ -103,17 +103,24 @@ class LazySupervisedDataset(Dataset):
         """Length in tokens of each sample, negative for text-only ones (LLaVA's convention for grouping).
 
         Text is counted with the tokenizer (all samples in one batched call); images as
-        `num_image_tokens` each, without opening them.
+        `num_image_tokens` each, without opening them. Malformed turns count as empty here: the sample
+        is reported (or skipped) when it is built, not at start-up with a traceback.
         """
         if self._lengths is None:
-            texts = [" ".join(turn.get("value", "") for turn in sample.get("conversations", []) if isinstance(turn, dict))
-                     for sample in self.samples]
+            texts = [" ".join(_turn_texts(sample)) for sample in self.samples]
             text_lengths = [len(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
             self._lengths = [
                 length + len(sample_images(sample)) * self.config.num_image_tokens if sample_images(sample) else -length
                 for length, sample in zip(text_lengths, self.samples)
             ]
         return self._lengths
+
+
+def _turn_texts(sample: dict[str, Any]) -> list[str]:
+    turns = sample.get("conversations")
+    if not isinstance(turns, list):
+        return []
+    return [turn["value"] for turn in turns if isinstance(turn, dict) and isinstance(turn.get("value"), str)]
 
 
 @dataclasses.dataclass
