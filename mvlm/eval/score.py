@@ -3,8 +3,10 @@
     python -m mvlm.eval.score BENCHMARK --answers A.jsonl [A2.jsonl ...] [benchmark files...] [--json OUT]
 
 `--answers` takes one file or all `--num-chunks` parts (concatenated in the order given, replacing
-LLaVA's merge step). `--json OUT` writes every printed metric. `python -m mvlm.eval.score BENCHMARK -h`
-lists a benchmark's files and says where mvlm deliberately differs from the official script.
+LLaVA's merge step). `--json OUT` writes every printed metric. Question ids are compared as strings
+(42 and "42" match; the official scripts would silently count such answers as missing).
+`python -m mvlm.eval.score BENCHMARK -h` lists a benchmark's files and says where mvlm deliberately
+differs from the official script.
 """
 
 from __future__ import annotations
