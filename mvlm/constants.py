@@ -7,4 +7,4 @@ DEFAULT_IMAGE_TOKEN = "<image>"
 """Placeholder users write in prompts; a real special token of the tokenizer, expanded to one token per feature."""
 
 MVLM_MODEL_TYPE = "mvlm_llava"
-"""`model_type` of mvlm checkpoints: `import mvlm` registers it with AutoConfig and AutoModelForCausalLM."""
+"""`model_type` of mvlm checkpoints: `import mvlm.model` registers it with AutoConfig and AutoModelForCausalLM."""

@@ -155,3 +155,16 @@ def test_generation_defaults_come_from_the_llm_and_survive_saving(checkpoints, t
     save_checkpoint(str(tmp_path / "ckpt"), model, tokenizer, image_processor)
     _, loaded, _, _ = load_pretrained_model(str(tmp_path / "ckpt"))
     assert loaded.generation_config.eos_token_id == [2, 7] and loaded.generation_config.max_length == 77
+
+
+def test_import_mvlm_is_light_and_the_model_api_loads_on_use(checkpoints):
+    """CLI tools that need no model (scorers) start fast; `import mvlm.model` registers the Auto classes."""
+    import subprocess
+    import sys
+
+    code = ("import sys, mvlm; assert 'torch' not in sys.modules, 'import mvlm pulled in torch'; "
+            "from transformers import AutoConfig; import mvlm.model; "
+            "assert mvlm.LlavaForCausalLM is mvlm.model.LlavaForCausalLM; "
+            "assert AutoConfig.for_model('mvlm_llava').__class__ is mvlm.MvlmLlavaConfig")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]

@@ -164,3 +164,13 @@ def test_lora_run_resumes_from_its_checkpoint(checkpoints, data, lora_run, tmp_p
     final, again = load_file(os.path.join(out, ADAPTER_FILE)), load_file(os.path.join(resumed_out, ADAPTER_FILE))
     for key, tensor in final.items():
         assert torch.allclose(again[key], tensor, atol=1e-6), key
+
+
+def test_adapters_take_the_dtype_of_the_layer_they_sit_on(checkpoints):
+    """A bf16 run gets bf16 adapters: ZeRO-3 refuses trainable parameters of mixed dtypes."""
+    from mvlm.model.lora import add_lora
+
+    model, _, _ = build_model(checkpoints("llm", "llama"), checkpoints("tower", "clip"), torch_dtype=torch.bfloat16)
+    wrapped = add_lora(model, ["language_model", "vision_tower"], r=4, alpha=8, dropout=0.0)
+    dtypes = {p.dtype for name, p in wrapped.named_parameters() if "lora_" in name}
+    assert dtypes == {torch.bfloat16}

@@ -237,3 +237,23 @@ def test_flash_attention_falls_back_to_sdpa_with_one_warning(checkpoints, data, 
     warnings = [record for record in caplog.records if "flash-attention 2 cannot run here" in record.getMessage()]
     assert len(warnings) == 1 and warnings[0].levelname == "WARNING"
     assert model_setup.default_attn_implementation("eager") == "eager"
+
+
+def test_llava_warmup_ratio_flag_still_works():
+    import transformers
+
+    from mvlm.train.arguments import TrainingArguments
+
+    parser = transformers.HfArgumentParser(TrainingArguments)
+    (args,) = parser.parse_args_into_dataclasses(["--output_dir", "out", "--warmup_ratio", "0.03"])
+    assert args.get_warmup_steps(1000) == 30
+    with pytest.raises(ValueError, match="give one of --warmup_ratio and --warmup_steps"):
+        parser.parse_args_into_dataclasses(["--output_dir", "out", "--warmup_ratio", "0.03", "--warmup_steps", "5"])
+
+
+def test_a_missing_data_file_stops_before_the_model_is_built(checkpoints, tmp_path):
+    missing = str(tmp_path / "nowhere.json")
+    flags = common_flags(checkpoints, missing, str(tmp_path), str(tmp_path / "out"), "--max_steps", "1")
+    flags[flags.index("--model_name_or_path") + 1] = str(tmp_path / "no-such-llm")  # would fail later, differently
+    with pytest.raises(SystemExit, match=f"mvlm: data file {missing} does not exist"):
+        main(flags)

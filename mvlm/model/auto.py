@@ -1,4 +1,4 @@
-"""Register mvlm's config and model with transformers' Auto classes (runs on `import mvlm`).
+"""Register mvlm's config and model with transformers' Auto classes (runs on `import mvlm.model`).
 
 After this, `AutoConfig.from_pretrained` and `AutoModelForCausalLM.from_pretrained` open mvlm
 checkpoints with no `trust_remote_code`.

@@ -16,7 +16,7 @@ import re
 from typing import Any
 
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+from peft import LoraConfig, PeftModel, get_peft_model, set_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -44,11 +44,15 @@ def lora_target_pattern(model: nn.Module, parts: list[str]) -> str:
 def add_lora(
     model: nn.Module, parts: list[str], r: int, alpha: int, dropout: float, bias: str = "none"
 ) -> PeftModel:
-    """Wrap `model` in PEFT with adapters on the linear layers of `parts` (e.g. ['language_model'])."""
+    """Wrap `model` in PEFT with adapters on the linear layers of `parts` (e.g. ['language_model']).
+
+    Adapters take the dtype of the layer they sit on (bf16 in a bf16 run, fp32 over 4-bit weights):
+    PEFT's default upcast to fp32 would mix dtypes among trainable parameters, which ZeRO-3 refuses.
+    """
     config = LoraConfig(
         r=r, lora_alpha=alpha, lora_dropout=dropout, bias=bias, target_modules=lora_target_pattern(model, parts)
     )
-    return get_peft_model(model, config)
+    return get_peft_model(model, config, autocast_adapter_dtype=False)
 
 
 def base_name(name: str) -> str:
@@ -106,8 +110,3 @@ def apply_lora_checkpoint(model: nn.Module, folder: str, merge: bool = True) -> 
     load_non_lora_trainables(model, folder)
     wrapped = PeftModel.from_pretrained(model, folder)
     return wrapped.merge_and_unload() if merge else wrapped
-
-
-def adapter_state_dict(model: PeftModel) -> dict[str, torch.Tensor]:
-    """The adapter tensors under PEFT's saved names (what `adapter_model.safetensors` holds)."""
-    return get_peft_model_state_dict(model)

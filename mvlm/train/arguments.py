@@ -93,3 +93,16 @@ class TrainingArguments(transformers.TrainingArguments):
     bits: int = dataclasses.field(default=16, metadata={"help": "4 or 8: QLoRA over a quantized LLM."})
     double_quant: bool = True
     quant_type: str = "nf4"
+    warmup_ratio: float | None = dataclasses.field(
+        default=None, metadata={"help": "LLaVA scripts' flag (transformers 5 dropped it): the fraction of steps to "
+                                        "warm up over; same as --warmup_steps with a value below 1."}
+    )
+
+    def __post_init__(self):
+        if self.warmup_ratio is not None:
+            if not 0 <= self.warmup_ratio < 1:
+                raise ValueError(f"--warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+            if self.warmup_steps:
+                raise ValueError("give one of --warmup_ratio and --warmup_steps")
+            self.warmup_steps = self.warmup_ratio
+        super().__post_init__()
