@@ -26,6 +26,7 @@ from mvlm.model.lora import apply_lora_checkpoint
 from mvlm.model.modeling import LlavaForCausalLM
 from mvlm.model.projector_weights import load_projector_weights
 from mvlm.model.vision import default_image_processor, load_vision_config, load_vision_tower
+from mvlm.model.zero3 import gathered
 
 DEFAULT_CONTEXT_LENGTH = 2048
 SAFETENSORS_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
@@ -75,11 +76,14 @@ def build_model(
         load_kwargs["dtype"] = torch_dtype
     if attn_implementation is not None:
         load_kwargs["attn_implementation"] = attn_implementation
-    language_model = AutoModelForCausalLM.from_pretrained(
-        llm, quantization_config=quantization_config, device_map=device_map, **load_kwargs
-    )
-    vision_config = load_vision_config(vision_tower)
-    tower = load_vision_tower(vision_tower, vision_config, device_map=device_map, **load_kwargs)
+    # Under ZeRO-3 loading initialises every weight before reading it, drawing random numbers; keep the
+    # fresh projector below the same with or without DeepSpeed.
+    with torch.random.fork_rng(devices=[]):
+        language_model = AutoModelForCausalLM.from_pretrained(
+            llm, quantization_config=quantization_config, device_map=device_map, **load_kwargs
+        )
+        vision_config = load_vision_config(vision_tower)
+        tower = load_vision_tower(vision_tower, vision_config, device_map=device_map, **load_kwargs)
     config = MvlmLlavaConfig(
         vision_config=tower.config,
         text_config=language_model.config,
@@ -102,18 +106,21 @@ def resize_embeddings(model: LlavaForCausalLM, vocab_size: int) -> None:
     transformers' own mean resizing samples around the mean, which would make two builds of the same
     model differ; an exact mean keeps builds reproducible.
     """
-    old_size = model.get_input_embeddings().weight.shape[0]
+    old_size = model.get_input_embeddings().num_embeddings  # not weight.shape: ZeRO-3 partitions it to (0,)
     if vocab_size <= old_size:
         return
     model.resize_token_embeddings(vocab_size, mean_resizing=False)
     rows = [model.get_input_embeddings().weight]
     head = model.get_output_embeddings()
-    if head is not None and head.weight.data_ptr() != rows[0].data_ptr():
+    bias = None
+    if head is not None and head.weight is not rows[0]:
         rows.append(head.weight)
-        if getattr(head, "bias", None) is not None:
-            head.bias[old_size:] = head.bias[:old_size].mean()
-    for weight in rows:
-        weight[old_size:] = weight[:old_size].mean(dim=0, keepdim=True)
+        bias = getattr(head, "bias", None)
+    with gathered(rows + ([bias] if bias is not None else []), modify=True):
+        if bias is not None:
+            bias[old_size:] = bias[:old_size].mean()
+        for weight in rows:
+            weight[old_size:] = weight[:old_size].mean(dim=0, keepdim=True)
 
 
 def save_checkpoint(

@@ -13,6 +13,8 @@ from typing import Any, Iterable
 
 from torch import nn
 
+from mvlm.model.zero3 import full_numel
+
 PARTS = ("vision_tower", "multi_modal_projector", "language_model")
 MODES = ("frozen", "full", "lora")
 
@@ -128,8 +130,8 @@ def policy_table(model: nn.Module, policy: TrainingPolicy, learning_rate: float)
     rows = [("module", "mode", "trainable", "total", "learning rate")]
     for part in PARTS:
         params = [(name, p) for name, p in model.named_parameters() if part_of(name) == part]
-        trainable = sum(p.numel() for _, p in params if p.requires_grad)
-        total = sum(p.numel() for _, p in params)
+        trainable = sum(full_numel(p) for _, p in params if p.requires_grad)
+        total = sum(full_numel(p) for _, p in params)
         lr = policy.part(part).learning_rate
         shown_lr = "-" if policy.part(part).mode == "frozen" else f"{lr if lr is not None else learning_rate:g}"
         rows.append((part, policy.part(part).mode, f"{trainable:,}", f"{total:,}", shown_lr))

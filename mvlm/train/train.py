@@ -12,7 +12,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from mvlm.data.dataset import BadSampleError, DataConfig, LazySupervisedDataset, SupervisedCollator
 from mvlm.data.formats import load_samples
 from mvlm.train.arguments import DataArguments, ModelArguments, TrainingArguments
-from mvlm.train.distributed import init_deepspeed_comm
+from mvlm.train.distributed import freeze_unreachable_tower_parameters, init_deepspeed_comm
 from mvlm.train.model_setup import load_model_for_training
 from mvlm.train.policy import apply_policy, policy_from_flags, policy_table
 from mvlm.train.trainer import MvlmTrainer
@@ -40,6 +40,7 @@ def main(argv: list[str] | None = None) -> MvlmTrainer:
     init_deepspeed_comm(training_args)  # before building: ZeRO-3 partitions the weights as they load
     model, tokenizer, image_processor = load_model_for_training(model_args, data_args, training_args, policy)
     apply_policy(model, policy)
+    freeze_unreachable_tower_parameters(model)  # else DDP fails when the tower trains
     if training_args.gradient_checkpointing:
         model.enable_input_require_grads()
     logger.info("training policy:\n%s", policy_table(model, policy, training_args.learning_rate))

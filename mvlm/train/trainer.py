@@ -17,6 +17,7 @@ from transformers import Trainer
 from mvlm.data.dataset import SKIPPED_KEY
 from mvlm.model.lora import resume_lora, save_lora
 from mvlm.model.projector_weights import load_projector_weights, projector_state_dict, save_projector
+from mvlm.train.distributed import projector_for_saving
 from mvlm.train.policy import TrainingPolicy, parameter_groups
 from mvlm.train.sampler import ModalityLengthGroupedSampler
 
@@ -69,6 +70,8 @@ class MvlmTrainer(Trainer):
             if self.args.should_save:
                 self.image_processor.save_pretrained(output_dir)
             return
+        if self.policy.projector_only:  # ZeRO-3: gathered on every rank, so before the rank check
+            state_dict = projector_for_saving(self.accelerator.unwrap_model(self.model), state_dict)
         if not self.args.should_save:
             return
         model = self.accelerator.unwrap_model(self.model)
