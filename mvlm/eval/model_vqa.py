@@ -3,8 +3,8 @@
 Questions: one JSON object per line with `question_id`, `text`, optionally `image` (relative to
 --image-folder; without it the question is asked text-only) and `category`. Answers: `question_id`,
 `prompt` (the question's text as asked), `text` (the answer), `answer_id`, `model_id`, `metadata`, one per
-question in question order. Greedy by default; batched with --batch-size (same answers as one at a time);
-an existing answers file is resumed.
+question in question order. Greedy by default; batched with --batch-size (the answers of one at a time, up
+to floating-point ties); an existing answers file is resumed.
 """
 
 from __future__ import annotations

@@ -59,7 +59,7 @@ def add_runner_arguments(parser: argparse.ArgumentParser, max_new_tokens: int) -
     """LLaVA's runner flags (both its dash and underscore spellings work), plus --batch-size and --device."""
     parser.add_argument("--model-path", "--model_path", required=True)
     parser.add_argument("--model-base", "--model_base", default=None,
-                        help="the LLM a projector-only (stage-1) checkpoint was trained on")
+                        help="the LLM a projector-only (stage-1) or LoRA checkpoint was trained on")
     parser.add_argument("--image-folder", "--image_folder", default="", help="where relative image paths start")
     parser.add_argument("--question-file", "--question_file", required=True)
     parser.add_argument("--answers-file", "--answers_file", required=True,
@@ -74,7 +74,8 @@ def add_runner_arguments(parser: argparse.ArgumentParser, max_new_tokens: int) -
     parser.add_argument("--num_beams", "--num-beams", type=int, default=1)
     parser.add_argument("--max_new_tokens", "--max-new-tokens", type=int, default=max_new_tokens)
     parser.add_argument("--batch-size", "--batch_size", type=int, default=1,
-                        help="questions per generate call (left-padded; the answers equal batch size 1's)")
+                        help="questions per generate call, left-padded: the answers are batch size 1's except where two "
+                        "tokens tie within floating-point rounding")
     parser.add_argument("--single-pred-prompt", "--single_pred_prompt", action="store_true",
                         help=f"append {SINGLE_PRED_PROMPT!r} to each question")
     parser.add_argument("--device", default=None, help="cpu, cuda or mps (default: cuda if available, else cpu)")
@@ -161,7 +162,9 @@ class AnswersFile:
             try:
                 record = json.loads(line)
             except ValueError as error:
-                raise RunnerError(f"{self.path}:{number} is not valid JSON ({error}); fix or remove that line") from error
+                raise RunnerError(
+                    f"{self.path}:{number} is not valid JSON ({error}); fix or remove that line"
+                ) from error
             if not isinstance(record, dict) or "question_id" not in record:
                 raise RunnerError(f"{self.path}:{number} is not an answer record (no question_id)")
             self.records.append(record)
@@ -228,6 +231,7 @@ def run_questions(questions: Sequence[Question], args: argparse.Namespace) -> No
     answers_file = os.path.expanduser(args.answers_file)
     os.makedirs(os.path.dirname(os.path.abspath(answers_file)), exist_ok=True)
     answers = AnswersFile(answers_file)
+    open(answers_file, "a", encoding="utf-8").close()  # an empty chunk still leaves its (empty) file to merge
     if answers.dropped_partial_line:
         print(f"note: dropped the half-written last line of {answers_file} (left by a killed run)", file=sys.stderr)
     todo = remaining_questions(questions, answers, model_id)
@@ -265,7 +269,8 @@ def run_questions(questions: Sequence[Question], args: argparse.Namespace) -> No
         for start in range(0, len(todo), args.batch_size):
             batch = todo[start : start + args.batch_size]
             generated = generate_answers(model, tokenizer, [encode(question) for question in batch], config)
-            answers.append([answer_record(question, output.text, model_id) for question, output in zip(batch, generated)])
+            answers.append([answer_record(question, output.text, model_id)
+                            for question, output in zip(batch, generated)])
             progress.update(len(batch))
 
 

@@ -68,8 +68,9 @@ def display_role(role: str, fallback: str) -> str:
     return shown or fallback
 
 
-def chat(args: argparse.Namespace, stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout) -> None:
-    """The read-answer loop; returns when the user enters an empty line or input ends."""
+def chat(args: argparse.Namespace, stdin: TextIO | None = None, stdout: TextIO | None = None) -> None:
+    """The read-answer loop (on sys.stdin/sys.stdout by default); returns at an empty line or end of input."""
+    stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
     image = fetch_image(args.image_file) if args.image_file else None
     try:
         tokenizer, model, image_processor = load_for_inference(
@@ -122,8 +123,10 @@ def chat(args: argparse.Namespace, stdin: TextIO = sys.stdin, stdout: TextIO = s
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m mvlm.serve.cli", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model-path", required=True, help="checkpoint folder (full, or stage-1 with --model-base)")
-    parser.add_argument("--model-base", default=None, help="the LLM a projector-only checkpoint was trained on")
+    parser.add_argument("--model-path", required=True,
+                        help="checkpoint folder (full; or stage-1/LoRA with --model-base)")
+    parser.add_argument("--model-base", default=None,
+                        help="the LLM a projector-only (stage-1) or LoRA checkpoint was trained on")
     parser.add_argument("--image-file", default=None, help="image path or http(s) URL; leave out for a text-only chat")
     parser.add_argument("--conv-mode", default=None,
                         help="chat template; default: the one stored in the checkpoint (conv_mode in config.json)")
@@ -133,7 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     quantize.add_argument("--load-8bit", action="store_true", help="8-bit language model (bitsandbytes)")
     quantize.add_argument("--load-4bit", action="store_true", help="4-bit NF4 language model (bitsandbytes)")
     parser.add_argument("--device", default=None, help="cpu, cuda or mps (default: cuda if available, else cpu)")
-    parser.add_argument("--debug", action="store_true", help="after each answer, print the prompt and the answer as JSON")
+    parser.add_argument("--debug", action="store_true",
+                        help="after each answer, print the prompt and the answer as one JSON line")
     return parser
 
 
