@@ -74,8 +74,8 @@ def add_runner_arguments(parser: argparse.ArgumentParser, max_new_tokens: int) -
     parser.add_argument("--num_beams", "--num-beams", type=int, default=1)
     parser.add_argument("--max_new_tokens", "--max-new-tokens", type=int, default=max_new_tokens)
     parser.add_argument("--batch-size", "--batch_size", type=int, default=1,
-                        help="questions per generate call, left-padded: the answers are batch size 1's except where two "
-                        "tokens tie within floating-point rounding")
+                        help="questions per generate call, left-padded: the answers are batch size 1's, except "
+                        "where two tokens tie within floating-point rounding")
     parser.add_argument("--single-pred-prompt", "--single_pred_prompt", action="store_true",
                         help=f"append {SINGLE_PRED_PROMPT!r} to each question")
     parser.add_argument("--device", default=None, help="cpu, cuda or mps (default: cuda if available, else cpu)")
