@@ -8,6 +8,7 @@ import base64
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -268,6 +269,22 @@ def test_rerun_refuses_answers_of_another_model_or_prompt(model_dir, images, tmp
     assert run_vqa(model_dir, images, question_file, answers_file) == 1
     assert "another-model" in capsys.readouterr().err
     assert read_answers(answers_file) == [other]  # the user's file is left as it was
+
+
+def test_rerun_refuses_answers_older_than_the_checkpoint(model_dir, images, tmp_path, capsys):
+    """A checkpoint retrained in the same folder must not inherit the old model's answers."""
+    retrained = shutil.copytree(model_dir, tmp_path / "chat-model")
+    question_file = write_questions(tmp_path / "q.jsonl", QUESTIONS[:2])
+    answers_file = tmp_path / "a.jsonl"
+    answers_file.write_text("", encoding="utf-8")
+    assert run_vqa(str(retrained), images, question_file, answers_file, "--num-chunks", "2") == 0
+    before = answers_file.read_bytes()
+    later = time.time() + 60
+    os.utime(retrained / "model.safetensors", (later, later))
+    capsys.readouterr()
+    assert run_vqa(str(retrained), images, question_file, answers_file) == 1
+    assert "written before the checkpoint" in capsys.readouterr().err
+    assert answers_file.read_bytes() == before
 
 
 def test_errors_are_one_line_and_name_the_culprit(model_dir, images, tmp_path, capsys, checkpoints):

@@ -212,6 +212,27 @@ def remaining_questions(questions: Sequence[Question], answers: AnswersFile, mod
     return [question for key, question in zip(question_keys, questions) if key not in answered]
 
 
+def check_answers_are_newer_than_checkpoint(answers: AnswersFile, model_paths: Sequence[str | None]) -> None:
+    """Refuse to resume answers written before the checkpoint last changed (a retrained model, same folder).
+
+    LLaVA's scripts name answers files after the checkpoint folder, so a rerun after retraining would
+    otherwise silently keep the old model's answers.
+    """
+    if not answers.records:
+        return
+    written = os.path.getmtime(answers.path)
+    for folder in filter(None, model_paths):
+        folder = os.path.expanduser(folder)
+        if not os.path.isdir(folder):
+            continue
+        changed = max((entry.stat().st_mtime for entry in os.scandir(folder) if entry.is_file()), default=0.0)
+        if changed > written:
+            raise RunnerError(
+                f"{answers.path} was written before the checkpoint {folder} last changed, so its answers may be "
+                "another model's; write to a new --answers-file (or delete this one) to start over"
+            )
+
+
 def check_images(questions: Sequence[Question]) -> None:
     """Every image path exists, checked before the model loads (not hours into the run)."""
     missing = [q for q in questions if isinstance(q.image, str) and not os.path.isfile(q.image)]
@@ -234,6 +255,7 @@ def run_questions(questions: Sequence[Question], args: argparse.Namespace) -> No
     open(answers_file, "a", encoding="utf-8").close()  # an empty chunk still leaves its (empty) file to merge
     if answers.dropped_partial_line:
         print(f"note: dropped the half-written last line of {answers_file} (left by a killed run)", file=sys.stderr)
+    check_answers_are_newer_than_checkpoint(answers, [args.model_path, args.model_base])
     todo = remaining_questions(questions, answers, model_id)
     check_images(todo)
     if len(todo) < len(questions):
