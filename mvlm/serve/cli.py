@@ -14,14 +14,15 @@ import re
 import sys
 import urllib.error
 import urllib.request
-from typing import TextIO
+from typing import Any, NamedTuple, TextIO
 
 from PIL import Image
+from transformers import GenerationConfig
 
 from mvlm.constants import DEFAULT_IMAGE_TOKEN
+from mvlm.conversation import Conversation
 from mvlm.data.images import ImageError, load_image
 from mvlm.serve.inference import (
-    CheckpointError,
     StopStringStreamer,
     check_device,
     default_device,
@@ -68,32 +69,42 @@ def display_role(role: str, fallback: str) -> str:
     return shown or fallback
 
 
-def chat(args: argparse.Namespace, stdin: TextIO | None = None, stdout: TextIO | None = None) -> None:
-    """The read-answer loop (on sys.stdin/sys.stdout by default); returns at an empty line or end of input."""
-    stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
-    image = fetch_image(args.image_file) if args.image_file else None
+class ChatSession(NamedTuple):
+    tokenizer: Any
+    model: Any
+    image_processor: Any
+    conversation: Conversation
+    config: GenerationConfig
+
+
+def start_session(args: argparse.Namespace) -> ChatSession:
+    """Load the checkpoint and pick its template and decoding settings; user-fixable failures as ChatError."""
     try:
         tokenizer, model, image_processor = load_for_inference(
             args.model_path, args.model_base, args.device, args.load_8bit, args.load_4bit
         )
-    except CheckpointError as error:
-        raise ChatError(str(error)) from error
-    try:
         conv_mode = resolve_conv_mode(model, args.conv_mode, args.model_path)
         conversation = new_conversation(conv_mode, tokenizer)
-        config = generation_config(
-            model, tokenizer, temperature=args.temperature, max_new_tokens=args.max_new_tokens,
-            stop_str=conversation.stop_str,
-        )
-    except ValueError as error:
+        config = generation_config(model, tokenizer, temperature=args.temperature,
+                                   max_new_tokens=args.max_new_tokens, stop_str=conversation.stop_str)
+    except ValueError as error:  # CheckpointError included
         raise ChatError(str(error)) from error
+    return ChatSession(tokenizer, model, image_processor, conversation, config)
+
+
+def chat(args: argparse.Namespace, stdin: TextIO | None = None, stdout: TextIO | None = None) -> None:
+    """The read-answer loop (on sys.stdin/sys.stdout by default); returns at an empty line or end of input."""
+    stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
+    image = fetch_image(args.image_file) if args.image_file else None  # a bad image fails before the model loads
+    session = start_session(args)
+    conversation = session.conversation
     user, assistant = display_role(conversation.roles[0], "USER"), display_role(conversation.roles[1], "ASSISTANT")
     pixel_values = None
     while True:
         stdout.write(f"{user}: ")
         stdout.flush()
         line = stdin.readline()
-        text = line.rstrip("\n")
+        text = line.rstrip("\n").replace(DEFAULT_IMAGE_TOKEN, "")  # images come from --image-file only
         if not text.strip():
             stdout.write("\n" if not line else "")  # at end of input, end the prompt's line
             stdout.write("exit...\n")
@@ -102,21 +113,18 @@ def chat(args: argparse.Namespace, stdin: TextIO | None = None, stdout: TextIO |
         if image is not None and pixel_values is None:
             text = f"{DEFAULT_IMAGE_TOKEN}\n{text}"  # the image goes into the first turn only
         conversation.append_message(conversation.roles[0], text)
-        try:
-            prompt = encode_prompt(conversation, [image] if image is not None else [], tokenizer, image_processor,
-                                   model, pixel_values=pixel_values)
-        except ValueError as error:
-            raise ChatError(str(error)) from error
-        pixel_values = prompt.pixel_values if pixel_values is None else pixel_values
+        prompt = encode_prompt(conversation, [image] if image is not None else [], session.tokenizer,
+                               session.image_processor, session.model, pixel_values=pixel_values)
+        pixel_values = prompt.pixel_values
         stdout.write(f"{assistant}: ")
         stdout.flush()
-        streamer = StopStringStreamer(tokenizer, conversation.stop_str, stdout)
-        answer = generate_answers(model, tokenizer, [prompt], config, streamer=streamer)[0].text
-        conversation.append_message(conversation.roles[1], answer)
+        streamer = StopStringStreamer(session.tokenizer, conversation.stop_str, stdout)
+        answer = generate_answers(session.model, session.tokenizer, [prompt], session.config, streamer=streamer)[0]
+        conversation.append_message(conversation.roles[1], answer.text)
         if args.debug:
-            rendered = conversation.copy()
-            rendered.messages[-1][1] = None
-            stdout.write(json.dumps({"prompt": rendered.get_prompt(), "outputs": answer}) + "\n")
+            asked = conversation.copy()
+            asked.messages[-1][1] = None
+            stdout.write(json.dumps({"prompt": asked.get_prompt(), "outputs": answer.text}) + "\n")
             stdout.flush()
 
 
