@@ -4,8 +4,10 @@ Each run is a real `torchrun --nproc_per_node 2` subprocess of the training entr
 tests/train_recording_batches.py, which records which batches held images) with a time limit, so a
 hang fails the test instead of stalling it. The stage-2 data is two samples, one text-only and one with
 an image, at one sample per process: at every step one rank's batch has no image, which hangs DDP and
-crashes ZeRO-3 unless every rank uses the same parameters. Runs on different backends check each other:
-ZeRO-3 must write the same weights as DDP (stage 2) and as ZeRO-2 (stage 1), in every checkpoint.
+crashes ZeRO-3 unless every rank uses the same parameters. Both stage-2 runs start from the ZeRO-3
+stage-1 projector (`--pretrain_mm_mlp_adapter`), LLaVA's two stages. Runs on different backends check
+each other: ZeRO-3 must write the same weights as DDP (stage 2) and as ZeRO-2 (stage 1), in every
+checkpoint.
 
 DeepSpeed compiles one small C++ op (shared-memory communication) on first use, about two minutes on
 two cores; it is cached in $TORCH_EXTENSIONS_DIR (default here: <venv>/torch_extensions). With the op
@@ -113,9 +115,11 @@ def train(checkpoints, output_dir: Path, *flags: str) -> list[list[bool]]:
     return [json.loads((batch_log / f"batches-rank{rank}.json").read_text()) for rank in (0, 1)]
 
 
-def stage2_flags(data) -> list[str]:
-    """Stage 2 with the tower unfrozen (every part trains), one sample per process, mixed modalities."""
+def stage2_flags(data, stage1_out: Path) -> list[str]:
+    """Stage 2 from a stage-1 projector with the tower unfrozen (every part trains), one sample per
+    process, mixed modalities."""
     return ["--data_path", data["mixed"], "--image_folder", data["folder"], "--version", "vicuna_v1",
+            "--pretrain_mm_mlp_adapter", str(stage1_out / "mm_projector.safetensors"),
             "--per_device_train_batch_size", "1", "--unfreeze_mm_vision_tower", "True", "--learning_rate", "1e-3"]
 
 
@@ -133,18 +137,19 @@ def initial(checkpoints):
 
 
 @pytest.fixture(scope="module")
-def ddp_stage2(checkpoints, data, tmp_path_factory):
+def ddp_stage2(checkpoints, data, zero3_stage1, tmp_path_factory):
     out = tmp_path_factory.mktemp("ddp") / "finetune"
     # Strict DDP: a rank that skipped the tower and projector would hang the next all-reduce.
-    batches = train(checkpoints, out, *stage2_flags(data), "--ddp_find_unused_parameters", "False")
+    batches = train(checkpoints, out, *stage2_flags(data, zero3_stage1[0]), "--ddp_find_unused_parameters", "False")
     return out, batches
 
 
 @pytest.fixture(scope="module")
-def zero3_stage2(checkpoints, data, deepspeed_ops, tmp_path_factory):
+def zero3_stage2(checkpoints, data, zero3_stage1, tmp_path_factory):
+    """LLaVA's two stages on ZeRO-3: stage 2 starts from the ZeRO-3 stage-1 projector."""
     folder = tmp_path_factory.mktemp("zero3-stage2")
     out = folder / "finetune"
-    return out, train(checkpoints, out, *stage2_flags(data), "--deepspeed", zero_config(folder, 3))
+    return out, train(checkpoints, out, *stage2_flags(data, zero3_stage1[0]), "--deepspeed", zero_config(folder, 3))
 
 
 @pytest.fixture(scope="module")
