@@ -65,8 +65,11 @@ def load_image(source: str | bytes | Image.Image, max_pixels: int = DEFAULT_MAX_
 
 
 def mean_color(image_processor: Any) -> tuple[int, int, int]:
-    """The processor's normalisation mean as an RGB colour: padding with it gives zeros after normalising."""
-    return tuple(int(round(channel * 255)) for channel in image_processor.image_mean)
+    """The processor's normalisation mean as an RGB colour (padding with it gives about zero after normalising).
+
+    Truncated, not rounded, as LLaVA's, XTuner's and transformers' LLaVA processors do, so the padded pixels
+    are theirs exactly."""
+    return tuple(int(channel * 255) for channel in image_processor.image_mean)
 
 
 def expand2square(image: Image.Image, background_color: tuple[int, int, int]) -> Image.Image:

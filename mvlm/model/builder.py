@@ -186,14 +186,20 @@ def load_pretrained_model(
     device: str = "cpu",
     torch_dtype: torch.dtype | None = None,
     attn_implementation: str | None = None,
+    vision_tower: str | None = None,
 ) -> tuple[PreTrainedTokenizerBase, LlavaForCausalLM, Any, int]:
     """LLaVA's loader: returns (tokenizer, model, image_processor, context_len).
 
-    `model_name` is accepted for LLaVA scripts and ignored: the folder's files decide what it is.
+    `model_name` is accepted for LLaVA scripts and ignored: the folder's files decide what it is. Besides
+    mvlm's own checkpoints it reads HuggingFace LLaVA, official LLaVA, Mipha / LLaVA-Phi and XTuner folders
+    (mvlm.convert.formats); `vision_tower` replaces the tower such a folder names (e.g. for offline use).
     The default dtype is float16 on CUDA (as LLaVA) and float32 elsewhere.
     """
     del model_name
-    kind = checkpoint_kind(model_path)
+    from mvlm.convert.formats import ImportOptions, detect_format, load_foreign  # imports the model: only here
+
+    foreign_format = detect_format(model_path) if os.path.isdir(model_path) else None
+    kind = "foreign" if foreign_format else checkpoint_kind(model_path)
     dtype = torch_dtype or (torch.float16 if str(device).startswith("cuda") else torch.float32)
     if load_8bit and load_4bit:
         raise ValueError("choose one of load_8bit and load_4bit")
@@ -201,7 +207,10 @@ def load_pretrained_model(
     if quantization is not None:
         device_map = device_map or {"": device}
     load_kwargs = _from_pretrained_kwargs(dtype, quantization, device_map, attn_implementation)
-    if kind == "full":
+    if kind == "foreign":
+        model, tokenizer, image_processor = load_foreign(
+            model_path, foreign_format, ImportOptions(model_base, vision_tower, load_kwargs))
+    elif kind == "full":
         model = LlavaForCausalLM.from_pretrained(model_path, **load_kwargs)
     else:
         model = _load_base_for(model_path, kind, model_base, load_kwargs)
@@ -210,8 +219,9 @@ def load_pretrained_model(
         else:
             # Merging adapters into quantized weights would round them; those stay as adapters.
             model = apply_lora_checkpoint(model, model_path, merge=quantization is None)
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
-    image_processor = AutoImageProcessor.from_pretrained(model_path, backend="pil")
+    if kind != "foreign":
+        tokenizer = AutoTokenizer.from_pretrained(model_path)
+        image_processor = AutoImageProcessor.from_pretrained(model_path, backend="pil")
     if device_map is None:
         model.to(device)
     model.eval()

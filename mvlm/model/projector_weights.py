@@ -75,7 +75,16 @@ def _from_llava_keys(tensors: dict[str, torch.Tensor], path: str) -> dict[str, t
 
 def load_projector_weights(model: nn.Module, path: str) -> None:
     """Load projector weights into `model`, refusing missing, extra or mis-shaped tensors."""
-    weights = read_projector_weights(path)
+    assign_projector_weights(model, read_projector_weights(path), path)
+
+
+def llava_projector_weights(tensors: dict[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
+    """LLaVA-named projector tensors (`model.mm_projector.0.weight`, ...) under the projector's own names."""
+    return _from_llava_keys(tensors, source)
+
+
+def assign_projector_weights(model: nn.Module, weights: dict[str, torch.Tensor], path: str) -> None:
+    """Put `weights` (the projector's own names) into `model`'s projector; `path` names their source in errors."""
     projector = model.multi_modal_projector
     expected = projector.state_dict()
     if set(weights) != set(expected):
