@@ -22,7 +22,6 @@ from transformers import (
 
 from mvlm.constants import DEFAULT_IMAGE_TOKEN, MVLM_MODEL_TYPE
 from mvlm.model.configuration import MvlmLlavaConfig
-from mvlm.model.lora import apply_lora_checkpoint
 from mvlm.model.modeling import LlavaForCausalLM
 from mvlm.model.projector_weights import load_projector_weights
 from mvlm.model.vision import default_image_processor, load_vision_config, load_vision_tower
@@ -217,6 +216,8 @@ def load_pretrained_model(
         if kind == "projector":
             load_projector_weights(model, model_path)
         else:
+            from mvlm.model.lora import apply_lora_checkpoint  # peft (and bitsandbytes) load slowly: only here
+
             # Merging adapters into quantized weights would round them; those stay as adapters.
             model = apply_lora_checkpoint(model, model_path, merge=quantization is None)
     if kind != "foreign":
