@@ -52,18 +52,18 @@ def llama_config_from_phi3(config: PreTrainedConfig) -> LlamaConfig:
 
 def split_phi3_state_dict(state_dict: dict[str, torch.Tensor], config: PreTrainedConfig) -> dict[str, torch.Tensor]:
     """Phi-3 keys -> Llama keys: `qkv_proj` rows are q (heads x head_dim), then k and v (kv heads x head_dim)
-    each; `gate_up_proj` rows are gate then up."""
+    each; `gate_up_proj` rows are gate then up. The parts are copies: safetensors refuses views of one storage."""
     head_dim = config.hidden_size // config.num_attention_heads
     q_rows = config.num_attention_heads * head_dim
     kv_rows = config.num_key_value_heads * head_dim
     converted: dict[str, Any] = {}
     for key, tensor in state_dict.items():
         if key.endswith("self_attn.qkv_proj.weight"):
-            q, k, v = torch.split(tensor, [q_rows, kv_rows, kv_rows], dim=0)
+            q, k, v = (part.clone() for part in torch.split(tensor, [q_rows, kv_rows, kv_rows], dim=0))
             stem = key[: -len("qkv_proj.weight")]
             converted.update({stem + "q_proj.weight": q, stem + "k_proj.weight": k, stem + "v_proj.weight": v})
         elif key.endswith("mlp.gate_up_proj.weight"):
-            gate, up = torch.chunk(tensor, 2, dim=0)
+            gate, up = (part.clone() for part in torch.chunk(tensor, 2, dim=0))
             stem = key[: -len("gate_up_proj.weight")]
             converted.update({stem + "gate_proj.weight": gate, stem + "up_proj.weight": up})
         else:

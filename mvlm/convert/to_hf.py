@@ -193,7 +193,20 @@ def export_to_hf(
         with open(os.path.join(staging, "config.json"), "w", encoding="utf-8") as handle:
             json.dump(config, handle, indent=2, sort_keys=True)
         processor.save_pretrained(staging)
+        _name_tokenizer_class_for_4x(staging)
         model.generation_config.save_pretrained(staging)
+
+
+def _name_tokenizer_class_for_4x(folder: str) -> None:
+    """5.x names its tokenizer.json-backed class `TokenizersBackend`, unknown to 4.x; 4.x reads the same
+    tokenizer.json as `PreTrainedTokenizerFast` (which 5.x maps back to its backend)."""
+    path = os.path.join(folder, "tokenizer_config.json")
+    with open(path, encoding="utf-8") as handle:
+        config = json.load(handle)
+    if config.get("tokenizer_class") == "TokenizersBackend":
+        config["tokenizer_class"] = "PreTrainedTokenizerFast"
+        with open(path, "w", encoding="utf-8") as handle:
+            json.dump(config, handle, indent=2, ensure_ascii=False)
 
 
 def main(argv: list[str] | None = None) -> None:
