@@ -11,7 +11,7 @@ checkpoint.
 
 DeepSpeed compiles one small C++ op (shared-memory communication) on first use, 35 s to 2 min on two
 cores; it is cached in $TORCH_EXTENSIONS_DIR (default here: <venv>/torch_extensions). With the op
-cached the file takes about 100 s, nearly all of it process start-up (8 launches of 2 processes).
+cached the file takes about 100 s, nearly all of it process start-up (six two-process runs).
 """
 
 from __future__ import annotations
@@ -99,14 +99,18 @@ def zero_config(folder: Path, stage: int, gather_on_save: bool = True) -> str:
     return str(path)
 
 
-def train(checkpoints, output_dir: Path, *flags: str) -> list[list[bool]]:
-    """Three steps of training on two processes, a checkpoint at step 2; per rank, which batches held images."""
+def train(checkpoints, output_dir: Path, *flags: str, model: Path | None = None) -> list[list[bool]]:
+    """Three steps of training on two processes, a checkpoint at step 2; per rank, which batches held images.
+
+    The model is built from the tiny LLM and tower, or continued from the mvlm checkpoint `model`.
+    """
     batch_log = output_dir.with_name(output_dir.name + "-batches")
     batch_log.mkdir(parents=True, exist_ok=True)
+    start = (["--model_name_or_path", str(model)] if model is not None else
+             ["--model_name_or_path", checkpoints("llm", "llama"), "--vision_tower", checkpoints("tower", "clip")])
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-        str(RECORDER), str(batch_log),
-        "--model_name_or_path", checkpoints("llm", "llama"), "--vision_tower", checkpoints("tower", "clip"),
+        str(RECORDER), str(batch_log), *start,
         "--output_dir", str(output_dir), "--max_steps", "3", "--save_strategy", "steps", "--save_steps", "2",
         "--use_cpu", "True", "--ddp_backend", "gloo", "--report_to", "none", "--logging_steps", "1",
         "--dataloader_num_workers", "0", "--disable_tqdm", "True", *flags,
@@ -254,14 +258,15 @@ def test_zero3_stage1_resumes_from_its_checkpoint(zero3_stage1, checkpoints, dat
     assert losses(resumed)[3] == pytest.approx(losses(out)[3], abs=1e-6)
 
 
-def test_zero3_lora_checkpoints_hold_whole_adapters_and_projector(checkpoints, data, zero3_stage1, initial,
-                                                                   tmp_path):
-    """LoRA under ZeRO-3 (LLaVA needed gather helpers for this): every checkpoint holds the adapters and
-    the projector whole, and loads over its base LLM."""
+def test_zero3_lora_over_an_mvlm_checkpoint_saves_whole_adapters_and_projector(zero3_stage2, zero3_stage1, data,
+                                                                               initial, tmp_path):
+    """LoRA under ZeRO-3, continuing the ZeRO-3 stage-2 checkpoint (built inside `deepspeed.zero.Init`,
+    its projector partitioned when the stage-1 one is loaded into it): every checkpoint holds the adapters
+    and the projector whole (LLaVA needed gather helpers for this), and loads over its base."""
+    base, _ = zero3_stage2
     out = tmp_path / "lora"
-    batches = train(checkpoints, out, *stage2_flags(data, zero3_stage1[0], train_tower=False),
-                    "--lora_enable", "True", "--lora_r", "4", "--lora_alpha", "8", "--deepspeed",
-                    zero_config(tmp_path, 3))
+    batches = train(None, out, *stage2_flags(data, zero3_stage1[0], train_tower=False), "--lora_enable", "True",
+                    "--lora_r", "4", "--lora_alpha", "8", "--deepspeed", zero_config(tmp_path, 3), model=base)
     assert_one_text_only_rank_per_step(batches)
     for folder in ("checkpoint-2", "checkpoint-3", "."):
         adapters = load_file(out / folder / "adapter_model.safetensors")
@@ -271,7 +276,7 @@ def test_zero3_lora_checkpoints_hold_whole_adapters_and_projector(checkpoints, d
         non_lora = load_file(out / folder / "non_lora_trainables.safetensors")
         assert sorted(non_lora) == PROJECTOR_KEYS
         assert all(non_lora[key].shape == initial[key].shape for key in PROJECTOR_KEYS)
-    _, model, _, _ = load_pretrained_model(str(out), model_base=checkpoints("llm", "llama"))
+    _, model, _, _ = load_pretrained_model(str(out), model_base=str(base))
     for name, tensor in model.multi_modal_projector.state_dict().items():
         assert torch.equal(tensor, non_lora["multi_modal_projector." + name]), name
 

@@ -15,6 +15,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from mvlm.model.zero3 import gathered
+
 PROJECTOR_FILE = "mm_projector.safetensors"
 LLAVA_PROJECTOR_FILE = "mm_projector.bin"
 PREFIX = "multi_modal_projector."
@@ -86,16 +88,18 @@ def llava_projector_weights(tensors: dict[str, torch.Tensor], source: str) -> di
 def assign_projector_weights(model: nn.Module, weights: dict[str, torch.Tensor], path: str) -> None:
     """Put `weights` (the projector's own names) into `model`'s projector; `path` names their source in errors."""
     projector = model.multi_modal_projector
-    expected = projector.state_dict()
-    if set(weights) != set(expected):
-        raise ValueError(
-            f"projector weights in {path} have keys {sorted(weights)}, but this model's "
-            f"{model.config.projector_type!r} projector needs {sorted(expected)}; check --mm_projector_type"
-        )
-    for key, tensor in weights.items():
-        if tensor.shape != expected[key].shape:
+    # Under ZeRO-3 (continuing an mvlm checkpoint) the weights are partitioned: check and write whole ones.
+    with gathered(projector.parameters(), modify=True):
+        expected = projector.state_dict()
+        if set(weights) != set(expected):
             raise ValueError(
-                f"projector weights in {path}: {key} has shape {tuple(tensor.shape)}, the model needs "
-                f"{tuple(expected[key].shape)}; the stage-1 run used another LLM, tower or --mm_vision_select_layer"
+                f"projector weights in {path} have keys {sorted(weights)}, but this model's "
+                f"{model.config.projector_type!r} projector needs {sorted(expected)}; check --mm_projector_type"
             )
-    projector.load_state_dict({key: value.to(expected[key].dtype) for key, value in weights.items()})
+        for key, tensor in weights.items():
+            if tensor.shape != expected[key].shape:
+                raise ValueError(
+                    f"projector weights in {path}: {key} has shape {tuple(tensor.shape)}, the model needs "
+                    f"{tuple(expected[key].shape)}; the stage-1 run used another LLM, tower or --mm_vision_select_layer"
+                )
+        projector.load_state_dict({key: value.to(expected[key].dtype) for key, value in weights.items()})
