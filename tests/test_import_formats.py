@@ -151,6 +151,14 @@ def test_official_llava_features_mvlm_lacks_are_refused(checkpoints, tmp_path):
     json.dump(config, open(config_path, "w"))
     with pytest.raises(ValueError, match="im_start.*LLaVA-NeXT"):
         load_pretrained_model(folder)
+    stage1 = str(tmp_path / "llava-pretrain")  # LLaVA's stage 1 writes config.json + mm_projector.bin only
+    os.makedirs(stage1)
+    json.dump({**config, "mm_use_im_start_end": False, "mm_patch_merge_type": "flat"},
+              open(os.path.join(stage1, "config.json"), "w"))
+    torch.save(foreign_formats.llava_projector_tensors(reference, "model.mm_projector."),
+               os.path.join(stage1, "mm_projector.bin"))
+    with pytest.raises(ValueError, match="--pretrain_mm_mlp_adapter"):
+        load_pretrained_model(stage1)
 
 
 # --- Mipha / LLaVA-Phi ---------------------------------------------------------------------------------------

@@ -23,7 +23,8 @@ def has_lora(model_path: str) -> bool:
                for parts in ((), ("llm_adapter",), ("visual_encoder_adapter",)))
 
 
-def merge_lora(model_path: str, model_base: str | None, save_model_path: str, dtype_name: str = "auto") -> None:
+def merge_lora(model_path: str, model_base: str | None, save_model_path: str, dtype_name: str = "auto",
+               vision_tower: str | None = None) -> None:
     """Load `model_path` over `model_base` with its adapters merged and save it to the new folder `save_model_path`."""
     from mvlm.model.builder import load_pretrained_model, save_checkpoint
 
@@ -31,7 +32,8 @@ def merge_lora(model_path: str, model_base: str | None, save_model_path: str, dt
         raise ValueError(f"{model_path} holds no LoRA adapters (adapter_config.json); nothing to merge")
     check_new_folder(save_model_path, "--save-model-path")
     dtype = checkpoint_dtype(model_path) if dtype_name == "auto" else DTYPES[dtype_name]
-    tokenizer, model, image_processor, _ = load_pretrained_model(model_path, model_base=model_base, torch_dtype=dtype)
+    tokenizer, model, image_processor, _ = load_pretrained_model(
+        model_path, model_base=model_base, torch_dtype=dtype, vision_tower=vision_tower)
     with staged_folder(save_model_path, "--save-model-path") as staging:
         save_checkpoint(staging, model, tokenizer, image_processor)
 
@@ -41,10 +43,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model-path", "--model_path", required=True, help="the LoRA checkpoint folder")
     parser.add_argument("--model-base", "--model_base", default=None, help="the model the LoRA run started from")
     parser.add_argument("--save-model-path", "--save_model_path", required=True, help="a new folder for the merged model")
+    parser.add_argument("--vision-tower", "--vision_tower", default=None,
+                        help="an XTuner folder's tower when it has no visual_encoder/ (the tower was frozen)")
     parser.add_argument("--dtype", choices=["auto", *DTYPES], default="auto")
     args = parser.parse_args(argv)
     try:
-        merge_lora(args.model_path, args.model_base, args.save_model_path, args.dtype)
+        merge_lora(args.model_path, args.model_base, args.save_model_path, args.dtype, args.vision_tower)
     except (ValueError, FileExistsError, FileNotFoundError) as error:
         raise SystemExit(f"mvlm.convert.merge_lora: {error}") from None
     print(f"wrote {args.save_model_path}")

@@ -17,6 +17,7 @@ from transformers import AutoImageProcessor, AutoTokenizer
 from mvlm.convert.formats.common import (
     ImportOptions,
     assemble,
+    has_weights,
     load_language_model,
     load_tower,
     read_config_dict,
@@ -65,6 +66,12 @@ def refuse_unrepresentable(config: dict[str, Any], source: str) -> None:
 def load(model_path: str, options: ImportOptions) -> tuple[Any, Any, Any]:
     config = read_config_dict(model_path)
     refuse_unrepresentable(config, model_path)
+    if not has_weights(model_path):
+        if os.path.isfile(os.path.join(model_path, "adapter_config.json")):
+            raise ValueError(f"{model_path} holds official LLaVA LoRA adapters, which mvlm does not read; merge them "
+                             "with LLaVA's scripts/merge_lora_weights.py first, then load the merged folder")
+        raise ValueError(f"{model_path} holds no LLM weights (a LLaVA stage-1 folder?); start mvlm's stage 2 from "
+                         "its mm_projector.bin with --pretrain_mm_mlp_adapter instead")
     text_config = text_config_from(TEXT_MODEL_TYPES[config["model_type"]], config, MULTIMODAL_KEYS)
     tower_source = options.vision_tower or config.get("mm_vision_tower")
     if not tower_source:
