@@ -95,6 +95,18 @@ def test_ids_decode_back_to_the_rendered_prompt(tokenizers, template):
 
 
 @pytest.mark.parametrize("kind,with_bos", TOKENIZERS)
+@pytest.mark.parametrize("template", sorted(set(EXPECTED_TARGETS) - {"plain"}))
+def test_ids_equal_the_whole_prompt_tokenized_at_once(tokenizers, kind, with_bos, template):
+    """The ids a LLaVA-trained model (or transformers' processor) reads for the same text: cutting the text
+    where labels change must not change its tokens. (`plain` drops the user's words, so it has no whole
+    prompt to compare with.)"""
+    tokenizer = tokenizers(kind, with_bos)
+    result = tokenize_sample(SAMPLE, tokenizer, template, 1)
+    prompt = conversation_from_sample(SAMPLE, template).get_prompt()
+    assert result["input_ids"].tolist() == tokenizer(prompt)["input_ids"]
+
+
+@pytest.mark.parametrize("kind,with_bos", TOKENIZERS)
 @pytest.mark.parametrize("template", ["vicuna_v1", "phi", "chatml_direct", "llava_llama_2", "phi3_chat", "plain"])
 def test_inference_prompt_is_the_training_prefix(tokenizers, kind, with_bos, template):
     """Training and inference tokenize alike: the prompt ids are the sample's ids up to its first target."""

@@ -89,7 +89,7 @@ def tokenize_pieces(
     input_ids = list(prefix)
     labels = [IGNORE_INDEX] * len(input_ids)
     blocks: list[tuple[int, int]] = []
-    for piece in pieces:
+    for piece in _merge_neighbours(pieces):
         for index, chunk in enumerate(piece.text.split(DEFAULT_IMAGE_TOKEN)):
             if index > 0:
                 count = _image_token_count(num_image_tokens, len(blocks))
@@ -103,6 +103,20 @@ def tokenize_pieces(
             input_ids += ids
             labels += ids if piece.is_target else [IGNORE_INDEX] * len(ids)
     return TokenizedConversation(input_ids, labels, blocks)
+
+
+def _merge_neighbours(pieces: Sequence[Piece]) -> list[Piece]:
+    """Join neighbouring pieces that are both targets or both not, so the text is cut only where the
+    labels change. A template's own cuts (a separator " " ending one piece, the role "ASSISTANT:" the
+    next) would otherwise split a word from its leading space: "▁", "ASSISTANT:" instead of the
+    "▁ASSISTANT:" that the whole prompt, and so any LLaVA-trained model, reads."""
+    merged: list[Piece] = []
+    for piece in pieces:
+        if merged and merged[-1].is_target == piece.is_target:
+            merged[-1] = Piece(merged[-1].text + piece.text, piece.is_target)
+        else:
+            merged.append(piece)
+    return merged
 
 
 def _image_token_count(num_image_tokens: int | Sequence[int], image_index: int) -> int:
