@@ -23,6 +23,8 @@ setup(
         "tokenizers>=0.20",
         "sentencepiece>=0.2",
         "numpy>=1.24",
+        "tqdm>=4.60",
+        "pandas>=1.5",  # MMBench .tsv files (mvlm.eval.model_vqa_mmbench and its scorer)
     ],
     extras_require={
         "train": ["deepspeed>=0.15"],
