@@ -251,9 +251,13 @@ def test_llava_warmup_ratio_flag_still_works():
         parser.parse_args_into_dataclasses(["--output_dir", "out", "--warmup_ratio", "0.03", "--warmup_steps", "5"])
 
 
-def test_a_missing_data_file_stops_before_the_model_is_built(checkpoints, tmp_path):
+def test_missing_data_or_projector_files_stop_before_the_model_is_built(checkpoints, tmp_path):
     missing = str(tmp_path / "nowhere.json")
     flags = common_flags(checkpoints, missing, str(tmp_path), str(tmp_path / "out"), "--max_steps", "1")
     flags[flags.index("--model_name_or_path") + 1] = str(tmp_path / "no-such-llm")  # would fail later, differently
     with pytest.raises(SystemExit, match=f"mvlm: data file {missing} does not exist"):
         main(flags)
+    (tmp_path / "data.json").write_text("[]")
+    flags[flags.index("--data_path") + 1] = str(tmp_path / "data.json")
+    with pytest.raises(SystemExit, match="mvlm: projector weights .*nowhere.safetensors do not exist"):
+        main(flags + ["--pretrain_mm_mlp_adapter", str(tmp_path / "nowhere.safetensors")])

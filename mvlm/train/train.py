@@ -11,6 +11,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from mvlm.data.dataset import BadSampleError, DataConfig, LazySupervisedDataset, SupervisedCollator
 from mvlm.data.formats import DataFormatError, load_samples
+from mvlm.model.projector_weights import find_projector_file
 from mvlm.train.arguments import DataArguments, ModelArguments, TrainingArguments
 from mvlm.train.distributed import freeze_unreachable_tower_parameters, init_deepspeed_comm
 from mvlm.train.model_setup import load_model_for_training
@@ -36,9 +37,11 @@ def main(argv: list[str] | None = None) -> MvlmTrainer:
         mm_projector_lr=training_args.mm_projector_lr,
         mm_vision_tower_lr=model_args.mm_vision_tower_lr,
     )
-    try:
-        samples = load_samples(data_args.data_path)  # before the model: a wrong path fails in seconds, not minutes
-    except DataFormatError as error:
+    try:  # before the model is built: a wrong path fails in seconds, with one line, not minutes in
+        samples = load_samples(data_args.data_path)
+        if model_args.pretrain_mm_mlp_adapter:
+            find_projector_file(model_args.pretrain_mm_mlp_adapter)
+    except (DataFormatError, FileNotFoundError) as error:
         sys.exit(f"mvlm: {error}")
     transformers.set_seed(training_args.seed)  # the fresh projector and adapters are then the same in every run
     init_deepspeed_comm(training_args)  # before building: ZeRO-3 partitions the weights as they load
