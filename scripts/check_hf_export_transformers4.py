@@ -1,7 +1,6 @@
 """Check an `mvlm.convert.to_hf` export under transformers 4.x (run with that environment's Python).
 
-    python3 -m venv /tmp/venv457 && /tmp/venv457/bin/pip install torch "transformers==4.57.*" safetensors pillow
-    MVLM_TRANSFORMERS4_PYTHON=/tmp/venv457/bin/python .venv/bin/python -m pytest tests/test_convert.py -k transformers_4
+    bash scripts/test.sh -k transformers_4     # builds .venv-transformers4 on first use and points the test at it
 
     python scripts/check_hf_export_transformers4.py EXPORT_DIR EXPECTED.safetensors
 

@@ -3,4 +3,19 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/setup_env.sh"
 cd "$REPO_ROOT"
+
+# A second, small environment with transformers 4.x: tests/test_convert.py checks there that HF exports
+# load in the transformers most deployments still run (5.9 changed the vision key layout 4.x reads).
+T4="$REPO_ROOT/.venv-transformers4"
+T4_WANT="torch==${MVLM_TORCH_VERSION:-2.13.0} transformers==4.57.*"
+if [ -z "${MVLM_TRANSFORMERS4_PYTHON:-}" ]; then
+    if [ ! -f "$T4/.mvlm-installed" ] || [ "$(cat "$T4/.mvlm-installed")" != "$T4_WANT" ]; then
+        echo "[mvlm] setting up $T4 (transformers 4.x, for the export check)"
+        python3 -m venv "$T4"
+        # shellcheck disable=SC2086
+        "$T4/bin/python" -m pip install --quiet --disable-pip-version-check $T4_WANT safetensors pillow
+        echo "$T4_WANT" > "$T4/.mvlm-installed"
+    fi
+    export MVLM_TRANSFORMERS4_PYTHON="$T4/bin/python"
+fi
 exec "$PYTHON" -m pytest tests "$@"
