@@ -157,8 +157,8 @@ def test_to_hf_cli(checkpoints, tmp_path):
 TRANSFORMERS4 = os.environ.get("MVLM_TRANSFORMERS4_PYTHON")
 
 
-@pytest.mark.skipif(not TRANSFORMERS4, reason="run through scripts/test.sh, which sets MVLM_TRANSFORMERS4_PYTHON to a transformers 4.x Python "
-                                              "(.venv-transformers4)")
+@pytest.mark.skipif(not TRANSFORMERS4, reason="run through scripts/test.sh, which points MVLM_TRANSFORMERS4_PYTHON "
+                                              "at .venv-transformers4 (transformers 4.57)")
 @pytest.mark.parametrize("family,tower", [("llama", "clip"), ("qwen2", "siglip"), ("phi3", "clip")])
 def test_export_loads_in_transformers_4(checkpoints, tmp_path, family, tower):
     """Not here: 4.57's LLaVA cannot run an InternVL vision tower (its forward fails in check_model_inputs),
