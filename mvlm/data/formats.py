@@ -13,6 +13,7 @@ from typing import Any, Iterable
 
 from mvlm.data.images import ImageError, load_image
 from mvlm.data.tokenize import sample_images
+from mvlm.jsonl import read_json_objects
 
 PARQUET_SUFFIXES = (".parquet",)
 
@@ -66,19 +67,12 @@ def _load_json(path: str) -> list[dict[str, Any]]:
 
 
 def _load_jsonl(path: str) -> list[dict[str, Any]]:
-    samples = []
-    with open(path, encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                sample = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise DataFormatError(f"data file {path}, line {line_number}: not valid JSON: {error}") from error
-            if not isinstance(sample, dict):
-                raise DataFormatError(f"data file {path}, line {line_number}: expected a sample object")
-            samples.append(sample)
-    return samples
+    def bad_line(line_number: int, decode_error: ValueError | None) -> DataFormatError:
+        if decode_error is not None:
+            return DataFormatError(f"data file {path}, line {line_number}: not valid JSON: {decode_error}")
+        return DataFormatError(f"data file {path}, line {line_number}: expected a sample object")
+
+    return read_json_objects(path, bad_line)[0]
 
 
 def _load_datasets_source(path: str) -> list[dict[str, Any]]:

@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from mvlm.constants import DEFAULT_IMAGE_TOKEN
 from mvlm.data.images import ImageError, load_image
+from mvlm.jsonl import read_json_objects
 from mvlm.serve.inference import (
     CheckpointError,
     check_device,
@@ -331,16 +332,10 @@ def read_json_lines(path: str) -> list[dict[str, Any]]:
     """A jsonl file as dicts; a broken line is an error that names it."""
     if not os.path.isfile(path):
         raise RunnerError(f"question file {path} does not exist")
-    rows = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except ValueError as error:
-                raise RunnerError(f"{path}:{number} is not valid JSON ({error})") from error
-            if not isinstance(row, dict):
-                raise RunnerError(f"{path}:{number} is not a JSON object")
-            rows.append(row)
-    return rows
+
+    def bad_line(number: int, decode_error: ValueError | None) -> RunnerError:
+        if decode_error is not None:
+            return RunnerError(f"{path}:{number} is not valid JSON ({decode_error})")
+        return RunnerError(f"{path}:{number} is not a JSON object")
+
+    return read_json_objects(path, bad_line)[0]

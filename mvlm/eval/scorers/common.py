@@ -10,6 +10,8 @@ import os
 import tempfile
 from typing import Any, Callable, Iterable
 
+from mvlm.jsonl import read_json_objects
+
 
 class ScoreError(ValueError):
     """Input a scorer cannot score; the message names the file/question at fault and what to do."""
@@ -44,23 +46,13 @@ def read_jsonl(path: str, what: str, skip_malformed: bool = False) -> tuple[list
     """
     if not os.path.isfile(path):
         raise ScoreError(f"{what} {path} does not exist")
-    records: list[dict[str, Any]] = []
-    malformed = 0
-    with open(path, encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                record = None
-            if not isinstance(record, dict):
-                if skip_malformed:
-                    malformed += 1
-                    continue
-                raise ScoreError(f"{what} {path} line {line_number} is not a JSON object; fix or delete that line")
-            records.append(record)
-    return records, malformed
+    return read_json_objects(
+        path,
+        lambda line_number, _error: ScoreError(
+            f"{what} {path} line {line_number} is not a JSON object; fix or delete that line"
+        ),
+        skip_malformed,
+    )
 
 
 def read_answers(paths: Iterable[str], skip_malformed: bool = False) -> tuple[list[dict[str, Any]], int]:
