@@ -4,31 +4,14 @@
 # convert_vqav2_for_submission.py). Files: playground/data/eval/README.md.
 # Usage: CUDA_VISIBLE_DEVICES=0,1 MODEL_PATH=./checkpoints/my-model bash scripts/eval/vqav2.sh [extra runner flags]
 set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/_chunks.sh"
 MODEL_PATH=${MODEL_PATH:-./checkpoints/llava-v1.5-7b}
 CKPT=${CKPT:-$(basename "$MODEL_PATH")}
 PYTHON=${PYTHON:-python}
 SPLIT=${SPLIT:-llava_vqav2_mscoco_test-dev2015}
 DIR=./playground/data/eval/vqav2
 
-gpu_list="${CUDA_VISIBLE_DEVICES:-0}"
-IFS=',' read -ra GPULIST <<< "$gpu_list"
-CHUNKS=${#GPULIST[@]}
-ANSWERS=()
-PIDS=()
-for IDX in $(seq 0 $((CHUNKS-1))); do
-    ANSWERS+=("$DIR/answers/$SPLIT/$CKPT/${CHUNKS}_${IDX}.jsonl")
-    CUDA_VISIBLE_DEVICES=${GPULIST[$IDX]} $PYTHON -m mvlm.eval.model_vqa \
-        --model-path "$MODEL_PATH" \
-        --question-file $DIR/$SPLIT.jsonl \
-        --image-folder $DIR/test2015 \
-        --answers-file "${ANSWERS[$IDX]}" \
-        --num-chunks $CHUNKS \
-        --chunk-idx $IDX \
-        --temperature 0 \
-        "$@" &
-    PIDS+=($!)
-done
-for PID in "${PIDS[@]}"; do wait "$PID"; done  # stops here if a chunk failed
+run_chunks "$DIR/answers/$SPLIT/$CKPT" "$DIR/$SPLIT.jsonl" "$DIR/test2015" "$@"  # stops here if a chunk failed
 
 $PYTHON -m mvlm.eval.score vqav2 \
     --answers "${ANSWERS[@]}" \
