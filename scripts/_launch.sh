@@ -155,3 +155,47 @@ mvlm_launch() {
     echo "mvlm: $(printf '%q ' "${command[@]}")" >&2
     exec "${command[@]}"
 }
+
+# Launch one training stage: choose the launcher, keep GLOBAL_BATCH, and run mvlm.train.train with the
+# flags pretrain.sh and finetune.sh share, built from their variables (MODEL_NAME_OR_PATH ... REPORT_TO,
+# DEEPSPEED_CONFIG). Arguments: the stage's own flags, a lone `--`, then the user's arguments, which
+# come last so they win.
+mvlm_train_stage() {
+    local stage_flags=()
+    while [ $# -gt 0 ] && [ "$1" != "--" ]; do
+        stage_flags+=("$1")
+        shift
+    done
+    [ $# -gt 0 ] && shift  # the `--`
+    mvlm_choose_launcher
+    mvlm_batch_flags "$@"
+    mvlm_launch "$DEEPSPEED_CONFIG" \
+        --model_name_or_path "$MODEL_NAME_OR_PATH" \
+        --version "$PROMPT_VERSION" \
+        --data_path "$DATA_PATH" \
+        --image_folder "$IMAGE_FOLDER" \
+        --vision_tower "$VISION_TOWER" \
+        "${stage_flags[@]}" \
+        --mm_projector_type "$MM_PROJECTOR_TYPE" \
+        --mm_vision_select_layer "$MM_VISION_SELECT_LAYER" \
+        --mm_use_im_start_end False \
+        --mm_use_im_patch_token False \
+        --image_aspect_ratio "$IMAGE_ASPECT_RATIO" \
+        --output_dir "$OUTPUT_DIR" \
+        --num_train_epochs "$NUM_TRAIN_EPOCHS" \
+        "${MVLM_BATCH_FLAGS[@]}" \
+        --save_strategy steps \
+        --save_steps "$SAVE_STEPS" \
+        --save_total_limit "$SAVE_TOTAL_LIMIT" \
+        --learning_rate "$LEARNING_RATE" \
+        --weight_decay "$WEIGHT_DECAY" \
+        --warmup_steps "$WARMUP_RATIO" \
+        --lr_scheduler_type "$LR_SCHEDULER_TYPE" \
+        --logging_steps 1 \
+        --model_max_length "$MODEL_MAX_LENGTH" \
+        --gradient_checkpointing "$GRADIENT_CHECKPOINTING" \
+        --dataloader_num_workers "$NUM_WORKERS" \
+        --lazy_preprocess True \
+        --report_to "$REPORT_TO" \
+        "$@"
+}

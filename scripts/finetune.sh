@@ -80,40 +80,12 @@ NUM_WORKERS="${NUM_WORKERS:-4}"
 REPORT_TO="${REPORT_TO:-none}"
 DEEPSPEED_CONFIG="${DEEPSPEED_CONFIG:-$MVLM_SCRIPTS_DIR/zero3.json}"
 
-mvlm_choose_launcher
-mvlm_batch_flags "$@"
 optional_flags=()
 [ -n "$PRETRAIN_MM_MLP_ADAPTER" ] && optional_flags+=(--pretrain_mm_mlp_adapter "$PRETRAIN_MM_MLP_ADAPTER")
 [ -n "$MM_VISION_TOWER_LR" ] && optional_flags+=(--mm_vision_tower_lr "$MM_VISION_TOWER_LR")
 
-mvlm_launch "$DEEPSPEED_CONFIG" \
-    --model_name_or_path "$MODEL_NAME_OR_PATH" \
-    --version "$PROMPT_VERSION" \
-    --data_path "$DATA_PATH" \
-    --image_folder "$IMAGE_FOLDER" \
-    --vision_tower "$VISION_TOWER" \
+mvlm_train_stage \
     "${optional_flags[@]}" \
-    --mm_projector_type "$MM_PROJECTOR_TYPE" \
-    --mm_vision_select_layer "$MM_VISION_SELECT_LAYER" \
     --unfreeze_mm_vision_tower "$UNFREEZE_MM_VISION_TOWER" \
-    --mm_use_im_start_end False \
-    --mm_use_im_patch_token False \
-    --image_aspect_ratio "$IMAGE_ASPECT_RATIO" \
     --group_by_modality_length "$GROUP_BY_MODALITY_LENGTH" \
-    --output_dir "$OUTPUT_DIR" \
-    --num_train_epochs "$NUM_TRAIN_EPOCHS" \
-    "${MVLM_BATCH_FLAGS[@]}" \
-    --save_strategy steps \
-    --save_steps "$SAVE_STEPS" \
-    --save_total_limit "$SAVE_TOTAL_LIMIT" \
-    --learning_rate "$LEARNING_RATE" \
-    --weight_decay "$WEIGHT_DECAY" \
-    --warmup_steps "$WARMUP_RATIO" \
-    --lr_scheduler_type "$LR_SCHEDULER_TYPE" \
-    --logging_steps 1 \
-    --model_max_length "$MODEL_MAX_LENGTH" \
-    --gradient_checkpointing "$GRADIENT_CHECKPOINTING" \
-    --dataloader_num_workers "$NUM_WORKERS" \
-    --lazy_preprocess True \
-    --report_to "$REPORT_TO" \
-    "$@"
+    -- "$@"
