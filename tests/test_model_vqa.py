@@ -18,13 +18,12 @@ import pytest
 import torch
 from PIL import Image
 
-from chat_model import save_chat_checkpoint
+from chat_model import loaded, model_dir, save_chat_checkpoint  # noqa: F401 (loaded, model_dir: fixtures)
 from mvlm.conversation import get_conversation
 from mvlm.data.images import process_images
 from mvlm.data.tokenize import tokenize_prompt
 from mvlm.eval import model_vqa, model_vqa_mmbench, model_vqa_science
 from mvlm.eval.runner import SINGLE_PRED_PROMPT, get_chunk, split_list
-from mvlm.model.builder import load_pretrained_model
 from mvlm.serve.inference import (
     batch_pixel_values,
     encode_prompt,
@@ -38,17 +37,6 @@ REFERENCE = "/work/shared/eval-reference"
 ANSWER_KEYS = ["question_id", "prompt", "text", "answer_id", "model_id", "metadata"]
 COLORS = {"red.png": ((200, 30, 30), (28, 28)), "blue.png": ((30, 30, 200), (40, 20)),
           "green.png": ((30, 200, 30), (60, 56))}
-
-
-@pytest.fixture(scope="module")
-def model_dir(checkpoints, tmp_path_factory):
-    return save_chat_checkpoint(checkpoints, str(tmp_path_factory.mktemp("ckpt") / "chat-model"))
-
-
-@pytest.fixture(scope="module")
-def loaded(model_dir):
-    tokenizer, model, image_processor, _ = load_pretrained_model(model_dir)
-    return tokenizer, model, image_processor
 
 
 @pytest.fixture(scope="module")

@@ -21,11 +21,10 @@ import pytest
 import torch
 from PIL import Image
 
-from chat_model import save_chat_checkpoint
+from chat_model import loaded, model_dir, save_chat_checkpoint  # noqa: F401 (loaded, model_dir: fixtures)
 from mvlm.conversation import get_conversation
 from mvlm.data.images import process_images
 from mvlm.data.tokenize import tokenize_prompt
-from mvlm.model.builder import load_pretrained_model
 from mvlm.serve import cli
 from mvlm.serve.inference import StopStringStreamer
 
@@ -33,17 +32,6 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. "
           "The assistant gives helpful, detailed, and polite answers to the user's questions.")
 ENV = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="2")
-
-
-@pytest.fixture(scope="module")
-def model_dir(checkpoints, tmp_path_factory):
-    return save_chat_checkpoint(checkpoints, str(tmp_path_factory.mktemp("ckpt") / "chat-model"))
-
-
-@pytest.fixture(scope="module")
-def loaded(model_dir):
-    tokenizer, model, image_processor, _ = load_pretrained_model(model_dir)
-    return tokenizer, model, image_processor
 
 
 @pytest.fixture(scope="module")
