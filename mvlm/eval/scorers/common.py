@@ -55,6 +55,14 @@ def read_jsonl(path: str, what: str, skip_malformed: bool = False) -> tuple[list
     )
 
 
+def read_questions(path: str) -> list[dict[str, Any]]:
+    """The records of a jsonl question file, each required to have the `question_id` its answers refer to."""
+    questions, _ = read_jsonl(path, "question file")
+    for number, question in enumerate(questions, 1):
+        require_field(question, "question_id", f"{path} line {number}")
+    return questions
+
+
 def read_answers(paths: Iterable[str], skip_malformed: bool = False) -> tuple[list[dict[str, Any]], int]:
     """The answers of one or several files (e.g. the `--num-chunks` parts), concatenated in the order given.
 

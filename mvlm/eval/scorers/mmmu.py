@@ -27,7 +27,7 @@ from mvlm.eval.scorers.common import (
     answers_by_id,
     id_key,
     read_answers,
-    read_jsonl,
+    read_questions,
     require_all_answered,
     require_field,
 )
@@ -150,13 +150,9 @@ def _as_list(value: Any, where: str) -> Any:
 
 def score(answers: list[dict[str, Any]], question_file: str) -> dict[str, Any]:
     """{accuracy (fraction), samples}."""
-    questions, _ = read_jsonl(question_file, "question file")
+    questions = read_questions(question_file)
     by_id = answers_by_id(answers)
-    require_all_answered(
-        [id_key(require_field(q, "question_id", f"{question_file} line {n}")) for n, q in enumerate(questions, 1)],
-        by_id,
-        question_file,
-    )
+    require_all_answered([id_key(q["question_id"]) for q in questions], by_id, question_file)
     if not questions:
         raise ScoreError(f"question file {question_file} is empty")
     rng = random.Random(RANDOM_SEED)

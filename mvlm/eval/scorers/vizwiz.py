@@ -15,7 +15,7 @@ from mvlm.eval.scorers.common import (
     answers_by_id,
     id_key,
     read_answers,
-    read_jsonl,
+    read_questions,
     require_all_answered,
     require_field,
     write_json,
@@ -54,9 +54,7 @@ def upload_entries(
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     answers, malformed = read_answers(args.answers, skip_malformed=True)
-    questions, _ = read_jsonl(args.question_file, "question file")
-    for number, question in enumerate(questions, 1):
-        require_field(question, "question_id", f"{args.question_file} line {number}")
+    questions = read_questions(args.question_file)
     entries = upload_entries(answers, questions, args.question_file)
     write_json(args.upload, entries, indent=None)
     print(f"total results: {len(answers_by_id(answers))}, total split: {len(questions)}, error_line: {malformed}")

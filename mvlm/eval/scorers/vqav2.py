@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from mvlm.eval.scorers.common import answers_by_id, id_key, read_answers, read_jsonl, require_field, write_json
+from mvlm.eval.scorers.common import answers_by_id, id_key, read_answers, read_questions, write_json
 from mvlm.eval.scorers.vqa_answers import normalize_answer
 
 NAME = "vqav2"
@@ -49,9 +49,7 @@ def upload_entries(answers: list[dict[str, Any]], questions: list[dict[str, Any]
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     answers, malformed = read_answers(args.answers, skip_malformed=True)
-    questions, _ = read_jsonl(args.question_file, "question file")
-    for number, question in enumerate(questions, 1):
-        require_field(question, "question_id", f"{args.question_file} line {number}")
+    questions = read_questions(args.question_file)
     entries = upload_entries(answers, questions)
     write_json(args.upload, entries, indent=None)  # compact, as json.dump writes it by default
     answered = len({id_key(a["question_id"]) for a in answers} & {id_key(q["question_id"]) for q in questions})
