@@ -68,8 +68,6 @@ def build_model(
     none); the LM's embeddings grow to match, new rows initialised to the mean of the old ones.
     """
     tokenizer = AutoTokenizer.from_pretrained(llm)
-    image_token_id = add_image_token(tokenizer)
-    ensure_pad_token(tokenizer)
     load_kwargs: dict[str, Any] = {}
     if torch_dtype is not None:
         load_kwargs["dtype"] = torch_dtype
@@ -83,19 +81,39 @@ def build_model(
         )
         vision_config = load_vision_config(vision_tower)
         tower = load_vision_tower(vision_tower, vision_config, device_map=device_map, **load_kwargs)
-    config = MvlmLlavaConfig(
-        vision_config=tower.config,
-        text_config=language_model.config,
+    model = join_parts(
+        tower,
+        language_model,
+        tokenizer,
         projector_type=projector_type,
         vision_feature_layer=vision_feature_layer,
         vision_feature_select_strategy=vision_feature_select_strategy,
-        image_token_id=image_token_id,
         mm_vision_tower=vision_tower,
+    )
+    model.multi_modal_projector.to(device=model.get_input_embeddings().weight.device, dtype=torch_dtype)
+    return model, tokenizer, load_image_processor(vision_tower, vision_config)
+
+
+def join_parts(
+    tower: Any, language_model: Any, tokenizer: PreTrainedTokenizerBase, **config_fields: Any
+) -> LlavaForCausalLM:
+    """An mvlm model around a loaded vision tower and causal LM, with a fresh projector.
+
+    `<image>` (and a pad token) join the tokenizer if missing and the LM's embeddings grow to match, so a
+    fresh build and an imported checkpoint get the same tokenizer and embeddings. `config_fields` are the
+    other MvlmLlavaConfig fields (projector_type, vision_feature_layer, ...).
+    """
+    image_token_id = add_image_token(tokenizer)
+    ensure_pad_token(tokenizer)
+    config = MvlmLlavaConfig(
+        vision_config=tower.config,
+        text_config=language_model.config,
+        image_token_id=image_token_id,
+        **config_fields,
     )
     model = LlavaForCausalLM(config, vision_tower=tower, language_model=language_model)
     resize_embeddings(model, len(tokenizer))
-    model.multi_modal_projector.to(device=model.get_input_embeddings().weight.device, dtype=torch_dtype)
-    return model, tokenizer, load_image_processor(vision_tower, vision_config)
+    return model
 
 
 @torch.no_grad()

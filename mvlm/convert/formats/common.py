@@ -191,29 +191,23 @@ def assemble(
 
     `projector_weights` are keyed by the projector's own names (`linear_1.weight`, ...).
     """
-    from mvlm.model.builder import add_image_token, ensure_pad_token, resize_embeddings
-    from mvlm.model.configuration import MvlmLlavaConfig
-    from mvlm.model.modeling import LlavaForCausalLM
+    from mvlm.model.builder import join_parts
     from mvlm.model.projector_weights import assign_projector_weights
 
-    image_token_id = add_image_token(tokenizer)
-    ensure_pad_token(tokenizer)
-    config = MvlmLlavaConfig(
-        vision_config=tower.config,
-        text_config=language_model.config,
+    model = join_parts(
+        tower,
+        language_model,
+        tokenizer,
         projector_type=projector_type,
         vision_feature_layer=vision_feature_layer,
         vision_feature_select_strategy=vision_feature_select_strategy,
-        image_token_id=image_token_id,
         image_aspect_ratio=image_aspect_ratio,
         conv_mode=conv_mode,
         mm_vision_tower=mm_vision_tower,
     )
-    model = LlavaForCausalLM(config, vision_tower=tower, language_model=language_model)
     embeddings = model.get_input_embeddings().weight
     model.multi_modal_projector.to(device=embeddings.device, dtype=next(tower.parameters()).dtype)
     assign_projector_weights(model, projector_weights, source)
-    resize_embeddings(model, len(tokenizer))
     return model, tokenizer, image_processor
 
 
