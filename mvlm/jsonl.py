@@ -11,7 +11,7 @@ import json
 from typing import Any, Callable
 
 BadLine = Callable[[int, "ValueError | None"], Exception]
-"""bad_line(line_number, decode_error) -> the exception to raise; decode_error is None for JSON that is not an object."""
+"""bad_line(line_number, decode_error) -> the exception to raise (decode_error: None for a non-object)."""
 
 
 def read_json_objects(path: str, bad_line: BadLine, skip_malformed: bool = False) -> tuple[list[dict[str, Any]], int]:
