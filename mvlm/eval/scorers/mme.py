@@ -22,7 +22,7 @@ import os
 from collections import defaultdict
 from typing import Any
 
-from mvlm.eval.scorers.common import ScoreError, id_key, read_answers, read_jsonl, require_all_answered
+from mvlm.eval.scorers.common import ScoreError, id_key, read_answers, read_questions, require_all_answered
 
 NAME = "mme"
 HELP = "MME: acc and acc+ per task, perception and cognition sums"
@@ -177,7 +177,7 @@ def task_metrics(lines: list[str], task: str) -> dict[str, float]:
 
 def score(answers: list[dict[str, Any]], question_file: str, gt_dir: str) -> dict[str, Any]:
     """{perception, cognition, tasks: {task: {score, acc, acc_plus}}}."""
-    questions, _ = read_jsonl(question_file, "question file")
+    questions = read_questions(question_file)
     require_all_answered(
         [_question_key(q, "text") for q in questions], [_question_key(a, "prompt") for a in answers], question_file
     )

@@ -14,7 +14,7 @@ import glob
 import os
 from typing import Any
 
-from mvlm.eval.scorers.common import ScoreError, id_key, read_answers, read_jsonl, require_field
+from mvlm.eval.scorers.common import ScoreError, id_key, read_answers, read_jsonl, read_questions, require_field
 
 NAME = "pope"
 HELP = "POPE: accuracy/precision/recall/F1/yes-ratio per split, mean F1"
@@ -78,7 +78,7 @@ def read_labels(path: str) -> list[bool]:
 
 def score(answers: list[dict[str, Any]], question_file: str, annotation_dir: str) -> dict[str, Any]:
     """{split: {accuracy, precision, recall, f1, yes_ratio, counts}} plus f1_mean over the splits."""
-    questions, _ = read_jsonl(question_file, "question file")
+    questions = read_questions(question_file)
     category_of = {
         id_key(q["question_id"]): require_field(q, "category", f"{question_file} question {q.get('question_id')}")
         for q in questions
