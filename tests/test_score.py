@@ -15,7 +15,7 @@ import sys
 import pytest
 
 from mvlm.eval import score as score_cli
-from mvlm.eval.scorers import gqa, mmbench, mme, mmmu, pope, scienceqa, seed, textvqa
+from mvlm.eval.scorers import exact, gqa, mmbench, mme, mmmu, pope, scienceqa, seed, textvqa
 from mvlm.eval.scorers.common import read_answers
 from mvlm.eval.scorers.vqa_answers import normalize_answer, soft_scores
 
@@ -163,6 +163,9 @@ def test_pope_pairs_answers_with_labels_by_position(tmp_path):
     assert popular["f1"] == pytest.approx(2 / 3) and results["f1_mean"] == pytest.approx(5 / 6)
     with pytest.raises(pope.ScoreError, match="split 'random': 3 answers but 4 labels"):
         pope.score(answers[:3] + answers[4:], questions, str(labels))
+    no_ids = write_jsonl(tmp_path / "no-ids.jsonl", [{"category": "random"}])
+    with pytest.raises(pope.ScoreError, match="no-ids.jsonl line 1"):
+        pope.score(answers, no_ids, str(labels))
 
 
 def test_pope_zero_denominators_are_defined():
@@ -504,6 +507,50 @@ def test_mmmu_answer_parsing(tmp_path):
     assert sorted(mmmu.parse_open("The total is 24.0 dollars."), key=str) == [24.0, "24.0 dollars"]
 
 
+# ---------------------------------------------------------------- exact (your own question sets)
+
+
+def test_exact_match_accuracy_per_category_through_the_cli(tmp_path, capsys):
+    labels = write_jsonl(tmp_path / "labels.jsonl", [
+        {"question_id": 0, "answer": "red", "category": "color"},
+        {"question_id": 1, "answer": "blue", "category": "color"},
+        {"question_id": 2, "answer": "top left", "category": "position"},
+        {"question_id": 3, "answer": "3", "category": "count"},
+        {"question_id": 4, "answer": "yes"},
+    ])
+    answers = write_jsonl(tmp_path / "answers.jsonl", [
+        {"question_id": 0, "text": " Red. "},  # case, spaces and a trailing '.' do not count: right
+        {"question_id": "1", "text": "a blue one"},  # string id matches 1; not the exact answer: wrong
+        {"question_id": 2, "text": "Top left"},  # right
+        {"question_id": 3, "text": "3.."},  # only one '.' goes: '3.' is wrong
+        {"question_id": 4, "text": "yes"},  # right, in the category of labels without one
+        {"question_id": 9, "text": "red"},  # no label: ignored
+    ])
+    out = tmp_path / "scores.json"
+    metrics = score_cli.main(["exact", "--answers", answers, "--annotation-file", labels, "--json", str(out)])
+    assert metrics == {
+        "accuracy": 3 / 5,
+        "per_category": {"color": 1 / 2, "position": 1.0, "count": 0.0, "(none)": 1.0},
+        "counts": {"color": 2, "position": 1, "count": 1, "(none)": 1},
+        "correct": 3,
+        "total": 5,
+    }
+    assert json.loads(out.read_text()) == metrics
+    assert capsys.readouterr().out.splitlines() == [
+        "color: 50.00% of 2", "position: 100.00% of 1", "count: 0.00% of 1", "(none): 100.00% of 1",
+        "Total accuracy: 60.00% (3 of 5)",
+    ]
+
+
+def test_exact_match_refuses_unanswered_and_duplicate_labels(tmp_path):
+    labels = [{"question_id": 0, "answer": "red"}, {"question_id": 1, "answer": "blue"}]
+    with pytest.raises(exact.ScoreError, match="1 questions of .* have no answer"):
+        exact.score([{"question_id": 0, "text": "red"}], write_jsonl(tmp_path / "labels.jsonl", labels))
+    duplicated = write_jsonl(tmp_path / "twice.jsonl", labels + [{"question_id": "1", "answer": "green"}])
+    with pytest.raises(exact.ScoreError, match="line 3: question_id 1 appears twice"):
+        exact.score([], duplicated)
+
+
 # ---------------------------------------------------------------- MMBench
 
 
@@ -589,6 +636,7 @@ def test_every_benchmark_has_a_subcommand_whose_help_names_its_differences():
         "mmbench",
         "seed",
         "mmmu",
+        "exact",
     }
     for name, parser in subcommands.items():
         assert "differ" in parser.description, name

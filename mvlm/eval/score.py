@@ -16,11 +16,11 @@ import sys
 from types import ModuleType
 from typing import Any, Sequence
 
-from mvlm.eval.scorers import gqa, mmbench, mme, mmmu, pope, scienceqa, seed, textvqa, vizwiz, vqav2
+from mvlm.eval.scorers import exact, gqa, mmbench, mme, mmmu, pope, scienceqa, seed, textvqa, vizwiz, vqav2
 from mvlm.eval.scorers.common import ScoreError, write_json
 
 SCORERS: dict[str, ModuleType] = {
-    module.NAME: module for module in (vqav2, vizwiz, textvqa, gqa, scienceqa, pope, mme, mmbench, seed, mmmu)
+    module.NAME: module for module in (vqav2, vizwiz, textvqa, gqa, scienceqa, pope, mme, mmbench, seed, mmmu, exact)
 }
 
 
