@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import (
     AutoModelForCausalLM,
     CLIPConfig,
@@ -30,6 +29,8 @@ from transformers import (
     SiglipVisionModel,
 )
 
+from mvlm.demo import models as demo_models
+
 CORPUS = [
     "A chat between a curious user and an artificial intelligence assistant. "
     "The assistant gives helpful, detailed, and polite answers to the user's questions.\n",
@@ -44,34 +45,8 @@ HIDDEN = 32
 
 def train_tokenizer(kind: str, with_bos: bool) -> PreTrainedTokenizerFast:
     """A small BPE tokenizer: 'sentencepiece' (Metaspace, byte fallback, like Llama) or 'bytelevel' (GPT-2/Qwen)."""
-    if kind == "sentencepiece":
-        tokenizer = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True))
-        tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
-        tokenizer.decoder = decoders.Sequence(
-            [decoders.ByteFallback(), decoders.Metaspace(replacement="▁", prepend_scheme="first")]
-        )
-        specials = ["<unk>", "<s>", "</s>"]
-        trainer = trainers.BpeTrainer(
-            vocab_size=600, show_progress=False, special_tokens=specials + [f"<0x{byte:02X}>" for byte in range(256)]
-        )
-        bos, eos, unk = "<s>", "</s>", "<unk>"
-    elif kind == "bytelevel":
-        tokenizer = Tokenizer(models.BPE())
-        tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-        tokenizer.decoder = decoders.ByteLevel()
-        trainer = trainers.BpeTrainer(
-            vocab_size=500, show_progress=False, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-        )
-        bos, eos, unk = "<|endoftext|>", "<|endoftext|>", None
-    else:
-        raise ValueError(kind)
-    tokenizer.train_from_iterator(CORPUS * 20, trainer)
-    if with_bos:
-        bos_id = tokenizer.token_to_id(bos)
-        tokenizer.post_processor = processors.TemplateProcessing(
-            single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, bos_id)]
-        )
-    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token=bos, eos_token=eos, unk_token=unk)
+    vocab_size = 600 if kind == "sentencepiece" else 500
+    return demo_models.train_tokenizer(kind, with_bos, CORPUS * 20, vocab_size)
 
 
 def llm_config(family: str, vocab_size: int) -> object:
