@@ -30,7 +30,7 @@ class LlavaForCausalLM(PreTrainedModel, GenerationMixin):
     _supports_sdpa = True
     _supports_flex_attn = True
     _supports_attention_backend = True
-    _skip_keys_device_placement = ["past_key_values"]
+    _skip_keys_device_placement = ["past_key_values", "cache"]  # the KV cache, old name and new
 
     def __init__(
         self,
@@ -132,14 +132,17 @@ class LlavaForCausalLM(PreTrainedModel, GenerationMixin):
         pixel_values: torch.Tensor | list[torch.Tensor] | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Any = None,
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         **kwargs: Any,
     ):
-        """Fuse images into the embeddings, then run the language model (which also computes the loss)."""
+        """Fuse images into the embeddings, then run the language model (which also computes the loss).
+
+        A KV cache travels in `kwargs` under whichever name the installed transformers uses
+        (`past_key_values`, or `cache` in newer releases, which warn on every call given the old name).
+        """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
         if inputs_embeds is None:
@@ -151,7 +154,6 @@ class LlavaForCausalLM(PreTrainedModel, GenerationMixin):
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
             labels=labels,
             use_cache=use_cache,
             logits_to_keep=logits_to_keep,
