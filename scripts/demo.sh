@@ -5,7 +5,7 @@
 # and ask one question through the chat CLI. Sets up .venv first if needed (needs only python3).
 #
 #   bash scripts/demo.sh                    # the full demo (see README.md for its time and accuracy)
-#   bash scripts/demo.sh --quick            # a reduced run that checks the pipeline in about a minute
+#   bash scripts/demo.sh --quick            # a reduced run (about two minutes): the pipeline, less learning
 #   bash scripts/demo.sh --output DIR --seed 1
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/setup_env.sh"

@@ -51,9 +51,9 @@ class DemoConfig:
 
 
 FULL = DemoConfig()
-QUICK = dataclasses.replace(
-    FULL, train_images=3000, caption_images=500, test_per_category=20, stage1_steps=10, stage2_steps=150,
-    logging_steps=25,
+QUICK = dataclasses.replace(  # about two minutes; scores about 55% (chance: 29%), mostly on count and colour
+    FULL, train_images=8000, caption_images=500, test_per_category=50, stage1_steps=10, stage2_steps=250,
+    stage2_lr=2e-3, logging_steps=25,
 )
 
 
@@ -66,7 +66,6 @@ class Clock:
 
     def __init__(self) -> None:
         self.start = time.monotonic()
-        self.marks: dict[str, float] = {}
 
     def elapsed(self) -> float:
         return time.monotonic() - self.start
@@ -96,13 +95,14 @@ def child_env() -> dict[str, str]:
     return env
 
 
-def run(command: Sequence[str], what: str, env: dict[str, str] | None = None, **kwargs) -> subprocess.CompletedProcess:
+def run(
+    command: Sequence[str], what: str, env: dict[str, str] | None = None, **kwargs: object
+) -> subprocess.CompletedProcess:
     """Run a step as a child process whose output the user watches; a failure stops the demo."""
     result = subprocess.run(list(command), env={**child_env(), **(env or {})}, cwd=REPO_ROOT, **kwargs)
     if result.returncode != 0:
         raise DemoError(f"{what} failed (exit status {result.returncode}); its output is above")
     return result
-
 
 
 def train(config: DemoConfig, data: DemoData, llm: str, tower: str, folder: str, clock: Clock) -> str:
@@ -197,8 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="where the data, the models and the results go (a previous demo there is replaced)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the dataset and the models' initialisation")
     parser.add_argument("--quick", action="store_true",
-                        help="a reduced run (fewer samples and steps, about a minute): checks the pipeline, "
-                             "learns less")
+                        help="a reduced run (fewer samples and steps, about two minutes): checks the pipeline; "
+                             "learns clearly, but far less than the full demo")
     return parser
 
 
