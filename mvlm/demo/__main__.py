@@ -42,7 +42,7 @@ class DemoConfig:
     stage1_steps: int = 50
     stage1_batch: int = 64
     stage1_lr: float = 1e-3
-    stage2_steps: int = 1200
+    stage2_steps: int = 1600
     stage2_batch: int = 64
     stage2_lr: float = 1e-3
     language_model: LanguageModelSize = LanguageModelSize()
@@ -87,10 +87,12 @@ def prepare_output(folder: str) -> None:
 
 
 def child_env() -> dict[str, str]:
-    """The scripts' environment: this interpreter, one plain process, threads that yield when idle."""
+    """The scripts' environment: this interpreter, one plain process (also on a machine with several GPUs,
+    where the scripts would otherwise start one per GPU), threads that yield when idle."""
     env = dict(os.environ)
     env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     env.setdefault("LAUNCHER", "python")
+    env.setdefault("NPROC", "1")
     env.update(PYTHON=sys.executable, NUM_WORKERS=env.get("NUM_WORKERS", "0"), HF_HUB_OFFLINE="1")
     return env
 
