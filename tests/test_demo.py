@@ -69,7 +69,8 @@ def test_dataset_files_are_llava_formats_and_the_same_for_the_same_seed(tmp_path
     for name in ("captions.json", "instruct.json", "test_questions.jsonl", "test_answers.jsonl"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
     for index in range(4):
-        assert (tmp_path / f"a/images/test-{index}.png").read_bytes() == (tmp_path / f"b/images/test-{index}.png").read_bytes()
+        image = f"images/test-{index}.png"
+        assert (tmp_path / "a" / image).read_bytes() == (tmp_path / "b" / image).read_bytes()
 
     instruct = json.loads(open(first.instruct).read())
     with_image = [sample for sample in instruct if "image" in sample]
