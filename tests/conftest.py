@@ -46,3 +46,13 @@ def tokenizers():
         return made[(kind, with_bos)]
 
     return get
+
+
+@pytest.fixture
+def eight_gpus(tmp_path) -> dict[str, str]:
+    """PATH with an `nvidia-smi` that lists eight GPUs: this CPU machine has none, and only the command
+    the scripts compose for a GPU machine is checked with it (DRY_RUN), never run."""
+    fake = tmp_path / "nvidia-smi"
+    fake.write_text("#!/bin/sh\nfor i in 0 1 2 3 4 5 6 7; do echo \"GPU $i: NVIDIA H100 80GB HBM3 (UUID: GPU-$i)\"; done\n")
+    fake.chmod(0o755)
+    return {"PATH": f"{tmp_path}{os.pathsep}{os.environ['PATH']}"}

@@ -20,7 +20,7 @@ import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer, CLIPVisionModel
 
 from mvlm.demo import data as demo_data
-from mvlm.demo.__main__ import DemoError, prepare_output
+from mvlm.demo.__main__ import DemoError, child_env, prepare_output
 from mvlm.demo.data import CATEGORIES, CHANCE, Shape
 from mvlm.model.builder import load_pretrained_model
 
@@ -98,6 +98,17 @@ def test_output_folder_of_something_else_is_refused(tmp_path):
     with pytest.raises(DemoError, match="not a demo folder"):
         prepare_output(str(tmp_path))
     assert (tmp_path / "mine.txt").read_text() == "keep me"
+
+
+def test_training_is_one_plain_process_even_on_a_machine_with_several_gpus(monkeypatch, eight_gpus):
+    """The scripts would start one process per GPU; the demo's tiny model trains in one, plainly."""
+    for variable in ("LAUNCHER", "NPROC", "CUDA_VISIBLE_DEVICES"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv("PATH", eight_gpus["PATH"])
+    result = subprocess.run(["bash", os.path.join(REPO, "scripts", "finetune.sh")],
+                            env={**child_env(), "DRY_RUN": "1"}, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split()[:3] == [sys.executable, "-m", "mvlm.train.train"]
 
 
 # ---------------------------------------------------------------- a real reduced run

@@ -1,5 +1,8 @@
 """LlavaForCausalLM over every supported LLM family and vision tower, and its fusion against a hand computation."""
 
+import inspect
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -103,6 +106,23 @@ def test_text_only_forward_and_generate(checkpoints):
     assert torch.allclose(output.logits, expected.logits) and torch.allclose(output.loss, expected.loss)
     assert model.generate(input_ids, max_new_tokens=2, min_new_tokens=2).shape == (1, 2)
 
+
+
+def test_kv_cache_passes_through_forward_under_the_installed_name(checkpoints):
+    """transformers renamed the cache argument (past_key_values -> cache) and warns on every call given the old
+    one: a training forward must not warn, and a cache fed back gives the logits of the whole sequence."""
+    model, tokenizer, _ = build_model(checkpoints("llm", "llama"), checkpoints("tower", "clip"))
+    input_ids, labels, pixel_values = make_batch(model, tokenizer)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        model(input_ids=input_ids, pixel_values=pixel_values, labels=labels)
+        prefix = model(input_ids=input_ids[:, :-1], pixel_values=pixel_values, use_cache=True)
+    name = "cache" if "cache" in inspect.signature(model.language_model.forward).parameters else "past_key_values"
+    cache = getattr(prefix, name)
+    step = model(input_ids=input_ids[:, -1:], attention_mask=torch.ones_like(input_ids), use_cache=True,
+                 **{name: cache})
+    whole = model(input_ids=input_ids, pixel_values=pixel_values).logits
+    assert torch.allclose(step.logits[:, -1], whole[:, -1], atol=1e-5)
 
 def greedy_by_hand(model, input_ids, pixel_values, steps):
     """Greedy decoding with a full forward pass per step, no cache: what generate must reproduce."""

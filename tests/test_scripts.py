@@ -327,16 +327,6 @@ def test_user_flags_come_last_and_environment_overrides_the_recipe():
     assert command[command.index("--learning_rate") + 1] == "2e-3"  # the script's own, overridden by the user's
 
 
-@pytest.fixture
-def eight_gpus(tmp_path) -> dict[str, str]:
-    """PATH with an `nvidia-smi` that lists eight GPUs: this CPU machine has none, and only the command
-    the scripts compose for a GPU machine is checked here (DRY_RUN), never run."""
-    fake = tmp_path / "nvidia-smi"
-    fake.write_text("#!/bin/sh\nfor i in 0 1 2 3 4 5 6 7; do echo \"GPU $i: NVIDIA H100 80GB HBM3 (UUID: GPU-$i)\"; done\n")
-    fake.chmod(0o755)
-    return {"PATH": f"{tmp_path}{os.pathsep}{os.environ['PATH']}"}
-
-
 @pytest.mark.parametrize("script,config", [("pretrain.sh", "zero2.json"), ("finetune.sh", "zero3.json"),
                                            ("finetune_lora.sh", "zero3.json"), ("finetune_qlora.sh", "zero2.json")])
 def test_gpus_launch_with_deepspeed_bf16_and_tf32(eight_gpus, script, config):
