@@ -453,12 +453,44 @@ def test_seed_exact_letter_accuracy_per_type(tmp_path):
         {"question_id": 105, "text": "a"},
         {"question_id": 106, "text": "B"},
     ]
-    # right: 101, 107, 103, 106; wrong: 102 ('B.'), 105 ('a'), 104 (no answer)
+    # right: 101, 107, 103, 106; wrong: 102 ('B.'), 105 ('a'), 104 (no answer). Percent, as SEED is reported
     assert seed.score(answers, annotation) == {
-        "accuracy": 4 / 7,
-        "per_type": {"Scene Understanding": 2 / 3, "Instance Identity": 1 / 2, "Action Recognition": 1 / 2},
-        "per_data_type": {"image": 3 / 5, "video": 1 / 2},
+        "accuracy": 4 / 7 * 100,  # computed as LLaVA's script does
+        "per_type": {"Scene Understanding": 2 / 3 * 100, "Instance Identity": 50.0, "Action Recognition": 50.0},
+        "per_data_type": {"image": 60.0, "video": 50.0},
     }
+
+
+def test_seed_prints_and_writes_percent_through_the_cli(tmp_path, capsys):
+    annotation = write_json(
+        tmp_path / "SEED-Bench.json",
+        {
+            "question_type": {"Scene Understanding": 1, "Action Recognition": 10},
+            "questions": [
+                {"question_id": 1, "question_type_id": 1, "data_type": "image", "answer": "A"},
+                {"question_id": 2, "question_type_id": 1, "data_type": "image", "answer": "B"},
+                {"question_id": 3, "question_type_id": 10, "data_type": "video", "answer": "C"},
+                {"question_id": 4, "question_type_id": 10, "data_type": "video", "answer": "D"},
+            ],
+        },
+    )
+    answers = write_jsonl(tmp_path / "a.jsonl", [{"question_id": i, "text": t} for i, t in enumerate("ABCA", 1)])
+    out = tmp_path / "scores.json"
+    metrics = score_cli.main(["seed", "--answers", answers, "--question-file", annotation, "--json", str(out)])
+    # right: 1, 2, 3; wrong: 4 -> 75% in total, 100% image (SEED-IMG), 50% video
+    expected = {
+        "accuracy": 75.0,
+        "per_type": {"Scene Understanding": 100.0, "Action Recognition": 50.0},
+        "per_data_type": {"image": 100.0, "video": 50.0},
+    }
+    assert metrics == expected and json.loads(out.read_text()) == expected
+    assert capsys.readouterr().out.splitlines() == [
+        "Scene Understanding: 100.00%",
+        "Action Recognition: 50.00%",
+        "Total accuracy: 75.00%",
+        "image accuracy: 100.00%",
+        "video accuracy: 50.00%",
+    ]
 
 
 def test_mmmu_answer_parsing(tmp_path):
@@ -554,15 +586,65 @@ def test_exact_match_refuses_unanswered_and_duplicate_labels(tmp_path):
 # ---------------------------------------------------------------- MMBench
 
 
-def test_mmbench_option_extraction():
-    choices = {"A": "cat", "B": "dog"}
-    assert mmbench.infer_letter("B", choices) == "B"
-    assert mmbench.infer_letter("(B) a dog.", choices) == "B"
-    assert mmbench.infer_letter("A dog", choices) == "A"  # the article reads as option A
-    assert mmbench.infer_letter("It is a dog", choices) == "B"  # no letter: the one option text found
-    assert mmbench.infer_letter("A or B", choices) is None  # two letters, no option text
-    assert mmbench.infer_letter("Z", choices) == "Z"
-    assert mmbench.infer_letter("Cannot determine the answer", choices) == "Z"
+# One test per step of VLMEvalKit's can_infer (vlmeval/utils/matching_util.py): can_infer_option, then
+# can_infer_text when it finds no letter. The expected letters are what VLMEvalKit returns (None: its False).
+CAT_DOG = {"A": "cat", "B": "dog"}
+FOUR = {"A": "cat", "B": "dog", "C": "bird", "D": "fish"}
+
+
+def test_mmbench_a_failed_api_call_names_no_letter():
+    # the letter step gives up at once; the option-text step finds nothing in so long an answer
+    assert mmbench.infer_letter("Failed to obtain answer via API. B", CAT_DOG) is None
+    assert mmbench.infer_letter("B", CAT_DOG) == "B"
+
+
+def test_mmbench_refusals_read_as_z_before_any_letter():
+    assert mmbench.infer_letter("Cannot determine the answer", CAT_DOG) == "Z"
+    assert mmbench.infer_letter("I'm sorry, but without the image provided, B", CAT_DOG) == "Z"
+    assert mmbench.infer_letter("Sorry, I can't help with images of people yet. A", CAT_DOG) == "Z"
+    assert mmbench.infer_letter("I can't process this file. A", CAT_DOG) == "Z"
+
+
+def test_mmbench_only_the_listed_punctuation_separates_a_letter():
+    assert mmbench.infer_letter("(B) a dog.", CAT_DOG) == "B"
+    assert mmbench.infer_letter("[B]!", CAT_DOG) == "B" and mmbench.infer_letter("**B**", CAT_DOG) == "B"
+    assert mmbench.infer_letter("B?", CAT_DOG) is None  # '?' is not replaced: the word is 'B?'
+    assert mmbench.infer_letter("B-", CAT_DOG) is None
+
+
+def test_mmbench_exactly_one_option_letter_as_a_word():
+    assert mmbench.infer_letter("A dog", CAT_DOG) == "A"  # the article reads as option A
+    assert mmbench.infer_letter("A or B", CAT_DOG) is None  # two letters, no 'answer is', no option text
+    assert mmbench.infer_letter("b", CAT_DOG) is None  # letters are case-sensitive
+
+
+def test_mmbench_the_letter_must_first_appear_in_the_last_four_words():
+    # VLMEvalKit: splits.index(letter) > len(splits) - 5, the first occurrence among the last 4 words
+    assert mmbench.infer_letter("B is the answer", CAT_DOG) == "B"  # 4 words, B is word 1 of the last 4
+    assert mmbench.infer_letter("Option B is correct here", CAT_DOG) == "B"  # 5 words, B is the 2nd
+    assert mmbench.infer_letter("B is my final choice", CAT_DOG) is None  # 5 words, B is the 1st
+    assert mmbench.infer_letter("B, well, I would say B", CAT_DOG) is None  # its first occurrence counts
+
+
+def test_mmbench_a_lone_z_reads_as_z_before_the_answer_is_pattern():
+    assert mmbench.infer_letter("Z", CAT_DOG) == "Z"
+    assert mmbench.infer_letter("Z; the answer is b", CAT_DOG) == "Z"  # no option letter as a word, one Z
+    assert mmbench.infer_letter("A or Z", CAT_DOG) == "A"  # an option letter wins over Z
+
+
+def test_mmbench_answer_is_pattern_when_the_letter_words_are_ambiguous():
+    assert mmbench.infer_letter("A cat is sitting on the mat, so the answer is B", FOUR) == "B"  # A and B are words
+    assert mmbench.infer_letter("B seems likely, but the correct answer is **c**", FOUR) == "C"  # B too early
+    assert mmbench.infer_letter("A or B? The answer is D", CAT_DOG) is None  # D is not an option here
+    assert mmbench.infer_letter("A or B? The answer is because it purrs", FOUR) == "B"  # no word boundary
+
+
+def test_mmbench_option_text_only_in_answers_at_most_twice_the_options_length():
+    # options 'cat' + 'dog': 6 characters, so answers of at most 12 characters are searched for an option's text
+    assert mmbench.infer_letter("it is a dog!", CAT_DOG) == "B"  # 12 characters
+    assert mmbench.infer_letter("It is a dog!!", CAT_DOG) is None  # 13
+    assert mmbench.infer_letter("I think it is the BIG DOG", {"A": "black cat", "B": "big dog"}) == "B"  # 25 <= 32
+    assert mmbench.infer_letter("cat and dog", CAT_DOG) is None  # two options' texts
 
 
 def test_mmbench_circular_groups_rotations_and_upload(tmp_path):
@@ -640,6 +722,14 @@ def test_every_benchmark_has_a_subcommand_whose_help_names_its_differences():
     }
     for name, parser in subcommands.items():
         assert "differ" in parser.description, name
+
+
+def test_help_says_which_benchmarks_report_fractions():
+    # SEED-Bench, like the papers, in percent; the scorers whose JSON still holds fractions are named
+    help_text = " ".join(score_cli.build_parser().format_help().split())
+    assert "Percent: TextVQA, GQA, ScienceQA, MMBench and SEED-Bench." in help_text
+    fractions = "Fractions (0-1): POPE, MME's acc and acc+ (its scores are points, up to 200 a task), MMMU and exact"
+    assert fractions in help_text
 
 
 def test_bad_answers_file_is_one_line_naming_file_and_line(tmp_path, capsys):

@@ -7,6 +7,10 @@ LLaVA's merge step). `--json OUT` writes every printed metric. Question ids are 
 (42 and "42" match; the official scripts would silently count such answers as missing).
 `python -m mvlm.eval.score BENCHMARK -h` lists a benchmark's files and says where mvlm deliberately
 differs from the official script.
+
+Units, printed and in --json. Percent: TextVQA, GQA, ScienceQA, MMBench and SEED-Bench. Fractions
+(0-1): POPE, MME's acc and acc+ (its scores are points, up to 200 a task), MMMU and exact (which
+prints them as percent). VQAv2 and VizWiz only write the EvalAI upload file; EvalAI scores it.
 """
 
 from __future__ import annotations

@@ -3,12 +3,19 @@
 A question and its circular copies (rows whose `index` agree modulo 1,000,000, as in the official
 dev/test TSVs, or the rotated rounds `--all-rounds` makes, which share the question's index) form a
 group; the group counts as right only if every copy is answered right. The option is read from an
-answer by exact matching, as VLMEvalKit's `can_infer` does before it would ask an LLM: replace
-`.()[],:;!*#{}` by spaces and split; if exactly one option letter is a word, that letter (an
-answer holding none, but a lone "Z", reads as Z); else the option whose text (case-insensitive)
-occurs in the answer, if exactly one does; else no option (wrong: mvlm asks no LLM). For a rotated
-round, the letter is mapped back through the answer's `option_char` to the question's own letter.
-Vanilla accuracy: the original questions only (index below 1,000,000, round 0).
+answer by exact matching, step for step as VLMEvalKit's `can_infer` (vlmeval/utils/matching_util.py)
+does before it would ask an LLM:
+1. an answer holding "Failed to obtain answer via API" skips to step 5; one holding a refusal
+   VLMEvalKit knows ("Cannot determine the answer", ...) reads as Z (no option: wrong);
+2. with `.()[],:;!*#{}` replaced by spaces and the answer split into words: if exactly one option
+   letter is a word and its first occurrence is one of the last four words, that letter;
+3. if no option letter is a word but "Z" is, Z;
+4. else the letter of the first "(correct) answer is X" (any case, X in A-D, `**` around it allowed),
+   if X is an option ("A cat sits on the mat, so the answer is B" names B);
+5. else, if the answer is at most twice as long as the options' texts together, the option whose
+   text (any case) it contains, if exactly one does; else no option (wrong: mvlm asks no LLM).
+For a rotated round, the letter is mapped back through the answer's `option_char` to the question's
+own letter. Vanilla accuracy: the original questions only (index below 1,000,000, round 0).
 
 `--upload OUT.xlsx|.tsv` writes the file the MMBench server takes, as LLaVA's
 `scripts/convert_mmbench_for_submission.py` does: the TSV without its hint/category/source/image/
@@ -20,6 +27,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import re
 from typing import Any
 
 from mvlm.eval.scorers.common import ScoreError, read_answers, write_atomically
@@ -39,6 +47,9 @@ Every TSV row must have an answer before accuracies are computed. A TSV without 
 CIRCULAR_OFFSET = 1_000_000
 OPTION_LETTERS = tuple("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
 PUNCTUATION_AS_SPACE = ".()[],:;!*#{}"
+API_FAILURE = "Failed to obtain answer via API"
+LAST_WORDS = 4  # VLMEvalKit: words.index(letter) > len(words) - 5
+ANSWER_IS = re.compile(r"(?:correct\s+)?answer\s+is\s+\**([ABCD])\**", re.IGNORECASE)
 REFUSALS = (
     "Sorry, I can't help with images of people yet.",
     "I can't process this file.",
@@ -64,20 +75,66 @@ def is_missing(value: Any) -> bool:
 
 
 def infer_letter(text: str, choices: dict[str, str]) -> str | None:
-    """The option letter an answer names (VLMEvalKit's can_infer: letter first, then option text), or None."""
+    """The option letter an answer names, or "Z" (a refusal), or None: VLMEvalKit's `can_infer`.
+
+    mvlm reads answers as VLMEvalKit's exact matching does (open-compass/VLMEvalKit,
+    vlmeval/utils/matching_util.py: `can_infer_option`, then `can_infer_text` when that finds no
+    letter; the steps are listed in the module docstring), so that its MMBench numbers compare with
+    the leaderboards'. Reimplemented from that behaviour, without VLMEvalKit's debugging branch under
+    the VERBOSE environment variable.
+    """
+    return letter_of_words(text, choices) or letter_of_option_text(text, choices)
+
+
+def answer_words(text: str) -> list[str]:
+    """The answer's words once VLMEvalKit's punctuation is spaces: "(B)." gives "B", but "B?" stays "B?"."""
+    for mark in PUNCTUATION_AS_SPACE:
+        text = text.replace(mark, " ")
+    return text.split()
+
+
+def letter_of_words(text: str, choices: dict[str, str]) -> str | None:
+    """VLMEvalKit's `can_infer_option`: a letter written as a word near the end, "Z", or "answer is X".
+
+    In order: a failed API call names nothing (the option text may still, in `letter_of_option_text`);
+    a known refusal is "Z"; exactly one option letter among the words is that letter if its first
+    occurrence is one of the last four words; no option letter but a word "Z" is "Z"; else the letter
+    of "(correct) answer is X" (X in A-D, any case, `**` around it allowed), if it is an option.
+    """
+    if API_FAILURE in text:
+        return None
     if any(refusal in text for refusal in REFUSALS):
         return "Z"
-    spaced = text
-    for mark in PUNCTUATION_AS_SPACE:
-        spaced = spaced.replace(mark, " ")
-    words = spaced.split()
+    words = answer_words(text)
     named = [letter for letter in choices if letter in words]
-    if len(named) == 1:
+    if len(named) == 1 and words.index(named[0]) >= len(words) - LAST_WORDS:
         return named[0]
     if not named and "Z" in words:
         return "Z"
+    return letter_after_answer_is(text, choices)
+
+
+def letter_after_answer_is(text: str, choices: dict[str, str]) -> str | None:
+    """The option of VLMEvalKit's "answer is X" pattern: "... so the answer is **b**" names B.
+
+    Its first match only, and no word boundary after the letter, as VLMEvalKit has it ("the answer
+    is because ..." names B).
+    """
+    match = ANSWER_IS.search(text)
+    letter = match.group(1).upper() if match else None
+    return letter if letter in choices else None
+
+
+def letter_of_option_text(text: str, choices: dict[str, str]) -> str | None:
+    """VLMEvalKit's `can_infer_text`: the one option whose text (any case) the answer contains.
+
+    Only for answers at most twice as long as all the options' texts together: in a longer answer an
+    option's text is too likely to appear in passing.
+    """
     lowered = text.lower()
-    by_text = [letter for letter, option in choices.items() if str(option).lower() in lowered]
+    if len(lowered) > 2 * sum(len(option) for option in choices.values()):
+        return None
+    by_text = [letter for letter, option in choices.items() if option.lower() in lowered]
     return by_text[0] if len(by_text) == 1 else None
 
 

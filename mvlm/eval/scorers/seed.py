@@ -4,7 +4,8 @@ Follows LLaVA's `scripts/convert_seed_for_submission.py`: every question of the 
 is scored; an answer is right only when its text equals the question's `answer` letter exactly (the
 LLaVA prompt asks for the letter alone; "A." or "a" are wrong); a question without an answer is
 wrong. Accuracy per question type (named by the annotation's `question_type` map), in total, and per
-data type (image, video): SEED-IMG, the number LLaVA reports, is `per_data_type.image`.
+data type (image, video), all in percent as the script prints them and the papers report them (e.g.
+58.6, not 0.586): SEED-IMG, the number LLaVA reports, is `per_data_type.image`.
 """
 
 from __future__ import annotations
@@ -12,10 +13,10 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from mvlm.eval.scorers.common import ScoreError, answers_by_id, id_key, percent, read_answers, read_json, require_field
+from mvlm.eval.scorers.common import ScoreError, answers_by_id, id_key, read_answers, read_json, require_field
 
 NAME = "seed"
-HELP = "SEED-Bench: exact-letter accuracy per question type, per data type and in total"
+HELP = "SEED-Bench: exact-letter accuracy per question type, per data type and in total, percent"
 DESCRIPTION = (
     __doc__
     + """
@@ -32,8 +33,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--question-file", required=True, help="SEED-Bench.json (the official annotation)")
 
 
+def percent_of(right: int, total: int) -> float:
+    """An accuracy in percent, the unit of SEED-Bench's leaderboard and the papers, computed as LLaVA's script does."""
+    return right / total * 100
+
+
 def score(answers: list[dict[str, Any]], annotation_file: str) -> dict[str, Any]:
-    """{accuracy, per_type: {type name: acc}, per_data_type: {image|video: acc}} (fractions)."""
+    """{accuracy, per_type: {type name: acc}, per_data_type: {image|video: acc}}, all in percent."""
     annotation = read_json(annotation_file, "--question-file")
     questions = require_field(annotation, "questions", annotation_file)
     type_names = {
@@ -59,16 +65,17 @@ def score(answers: list[dict[str, Any]], annotation_file: str) -> dict[str, Any]
     if unknown:
         raise ScoreError(f"{annotation_file}: question_type_id {unknown[0]} is not in its 'question_type' map")
     return {
-        "accuracy": sum(c for c, _ in counts.values()) / len(questions),
-        "per_type": {type_names[type_id]: counts[type_id][0] / counts[type_id][1] for type_id in sorted(counts)},
-        "per_data_type": {data_type: right / total for data_type, (right, total) in data_counts.items()},
+        "accuracy": percent_of(sum(c for c, _ in counts.values()), len(questions)),
+        "per_type": {type_names[type_id]: percent_of(*counts[type_id]) for type_id in sorted(counts)},
+        "per_data_type": {data_type: percent_of(*tally) for data_type, tally in data_counts.items()},
     }
 
 
 def report(results: dict[str, Any]) -> list[str]:
-    lines = [f"{name}: {percent(accuracy)}" for name, accuracy in results["per_type"].items()]
-    lines.append(f"Total accuracy: {percent(results['accuracy'])}")
-    lines += [f"{data_type} accuracy: {percent(accuracy)}" for data_type, accuracy in results["per_data_type"].items()]
+    """The lines LLaVA's script prints (accuracies already in percent)."""
+    lines = [f"{name}: {accuracy:.2f}%" for name, accuracy in results["per_type"].items()]
+    lines.append(f"Total accuracy: {results['accuracy']:.2f}%")
+    lines += [f"{data_type} accuracy: {accuracy:.2f}%" for data_type, accuracy in results["per_data_type"].items()]
     return lines
 
 
