@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 
 import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
     AutoModelForCausalLM,
     CLIPConfig,
@@ -47,6 +48,35 @@ def train_tokenizer(kind: str, with_bos: bool) -> PreTrainedTokenizerFast:
     """A small BPE tokenizer: 'sentencepiece' (Metaspace, byte fallback, like Llama) or 'bytelevel' (GPT-2/Qwen)."""
     vocab_size = 600 if kind == "sentencepiece" else 500
     return demo_models.train_tokenizer(kind, with_bos, CORPUS * 20, vocab_size)
+
+
+def train_word_tokenizer(kind: str) -> PreTrainedTokenizerFast:
+    """A 'wordlevel' (whole words, whitespace pre-tokenizer) or 'wordpiece' (BERT-style) tokenizer.
+
+    transformers' stop-string matcher cannot read either vocabulary back as text; mvlm must still stop there.
+    """
+    specials = ["<unk>", "<s>", "</s>"]
+    if kind == "wordlevel":
+        tokenizer = Tokenizer(models.WordLevel(unk_token="<unk>"))
+        tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+        trainer = trainers.WordLevelTrainer(special_tokens=specials)
+    elif kind == "wordpiece":
+        tokenizer = Tokenizer(models.WordPiece(unk_token="<unk>"))
+        tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        tokenizer.decoder = decoders.WordPiece()
+        trainer = trainers.WordPieceTrainer(vocab_size=300, special_tokens=specials)
+    else:
+        raise ValueError(f"word tokenizer kind must be 'wordlevel' or 'wordpiece', got {kind!r}")
+    tokenizer.train_from_iterator(CORPUS * 20, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+
+
+def save_llama_with_tokenizer(tokenizer: PreTrainedTokenizerFast, folder: str, seed: int = 0) -> str:
+    """Write a tiny random Llama whose vocabulary is `tokenizer`'s, with that tokenizer, to `folder`."""
+    torch.manual_seed(seed)
+    AutoModelForCausalLM.from_config(llm_config("llama", len(tokenizer))).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
 
 
 def llm_config(family: str, vocab_size: int) -> object:

@@ -16,7 +16,14 @@ from typing import Any, NamedTuple, Sequence, TextIO
 
 import torch
 from PIL import Image
-from transformers import GenerationConfig, PreTrainedTokenizerBase, TextStreamer
+from transformers import (
+    GenerationConfig,
+    PreTrainedTokenizerBase,
+    StoppingCriteria,
+    StoppingCriteriaList,
+    StopStringCriteria,
+    TextStreamer,
+)
 
 from mvlm.conversation import Conversation, conv_templates, get_conversation
 from mvlm.data.images import process_images
@@ -198,6 +205,36 @@ def batch_pixel_values(
     return [image.to(device) for image in images]  # anyres images with different numbers of views
 
 
+class DecodedTextStop(StoppingCriteria):
+    """Stops each row once its decoded text contains the stop string.
+
+    transformers' `StopStringCriteria` matches the stop string against the token strings of the vocabulary,
+    and cannot be built for tokenizers whose vocabulary it cannot read back as text (word-level and
+    WordPiece tokenizers raise a ValueError). Decoding the generated tokens works for every tokenizer the
+    answer is decoded with anyway; special tokens are kept so that a stop string such as `</s>` is seen.
+    The criterion sees only generated ids: `LlavaForCausalLM.generate` hands the language model embeddings,
+    not prompt ids.
+    """
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, stop_str: str):
+        self.tokenizer = tokenizer
+        self.stop_str = stop_str
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
+        texts = self.tokenizer.batch_decode(input_ids.tolist(), skip_special_tokens=False)
+        return torch.tensor([self.stop_str in text for text in texts], dtype=torch.bool, device=input_ids.device)
+
+
+def stop_criteria(tokenizer: PreTrainedTokenizerBase, stop_str: str | None) -> StoppingCriteriaList:
+    """The criterion that stops generation at `stop_str`: transformers' where it can be built, else text-based."""
+    if not stop_str:
+        return StoppingCriteriaList()
+    try:
+        return StoppingCriteriaList([StopStringCriteria(tokenizer, [stop_str])])
+    except ValueError:  # a vocabulary StopStringCriteria cannot map to strings (word-level, WordPiece, ...)
+        return StoppingCriteriaList([DecodedTextStop(tokenizer, stop_str)])
+
+
 @torch.inference_mode()
 def generate_answers(
     model: LlavaForCausalLM,
@@ -206,20 +243,26 @@ def generate_answers(
     config: GenerationConfig,
     streamer: TextStreamer | None = None,
 ) -> list[Generated]:
-    """Answer a batch of prompts (left-padded); a streamer needs a batch of one."""
+    """Answer a batch of prompts (left-padded); a streamer needs a batch of one.
+
+    `config.stop_strings` (set by `generation_config`) is applied through `stop_criteria`, which works for
+    every tokenizer, rather than by transformers' generate, which fails on some tokenizers' vocabularies.
+    """
     if tokenizer.pad_token_id is None:
         raise ValueError("the tokenizer has no pad token; load the checkpoint with mvlm's load_pretrained_model")
     device = input_device(model)
     input_ids, attention_mask = left_padded_batch(prompts, tokenizer.pad_token_id, device)
+    stop_str = config.stop_strings[0] if config.stop_strings else None
+    run_config = copy.deepcopy(config)
+    run_config.stop_strings = None
     output = model.generate(
         input_ids=input_ids,
         attention_mask=attention_mask,
         pixel_values=batch_pixel_values(prompts, device),
-        generation_config=config,
-        tokenizer=tokenizer if config.stop_strings else None,
+        generation_config=run_config,
+        stopping_criteria=stop_criteria(tokenizer, stop_str),
         streamer=streamer,
     )
-    stop_str = config.stop_strings[0] if config.stop_strings else None
     rows = output.tolist()
     texts = tokenizer.batch_decode(rows, skip_special_tokens=True)
     return [Generated(row, cut_at_stop(text, stop_str)) for row, text in zip(rows, texts)]
