@@ -122,6 +122,15 @@ mvlm_batch_flags() {
     MVLM_BATCH_FLAGS+=(--gradient_accumulation_steps $((GLOBAL_BATCH / per_step)))
 }
 
+# The script's warm-up, WARMUP_RATIO, unless the user passes --warmup_ratio or --warmup_steps: the trainer
+# refuses both together, so "the last flag wins" needs the script's own left out. Sets MVLM_WARMUP_FLAGS.
+mvlm_warmup_flags() {
+    MVLM_WARMUP_FLAGS=(--warmup_steps "$WARMUP_RATIO")  # transformers 5: --warmup_steps below 1 is a ratio
+    if mvlm_has_flag warmup_ratio "$@" || mvlm_has_flag warmup_steps "$@"; then
+        MVLM_WARMUP_FLAGS=()
+    fi
+}
+
 # Run `python -m mvlm.train.train ARGS...` with the chosen launcher. $1: the DeepSpeed config to use
 # when launching with deepspeed; the rest: the script's flags followed by the user's.
 mvlm_launch() {
@@ -169,6 +178,7 @@ mvlm_train_stage() {
     [ $# -gt 0 ] && shift  # the `--`
     mvlm_choose_launcher
     mvlm_batch_flags "$@"
+    mvlm_warmup_flags "$@"
     mvlm_launch "$DEEPSPEED_CONFIG" \
         --model_name_or_path "$MODEL_NAME_OR_PATH" \
         --version "$PROMPT_VERSION" \
@@ -189,7 +199,7 @@ mvlm_train_stage() {
         --save_total_limit "$SAVE_TOTAL_LIMIT" \
         --learning_rate "$LEARNING_RATE" \
         --weight_decay "$WEIGHT_DECAY" \
-        --warmup_steps "$WARMUP_RATIO" \
+        "${MVLM_WARMUP_FLAGS[@]}" \
         --lr_scheduler_type "$LR_SCHEDULER_TYPE" \
         --logging_steps 1 \
         --model_max_length "$MODEL_MAX_LENGTH" \

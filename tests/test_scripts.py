@@ -327,6 +327,36 @@ def test_user_flags_come_last_and_environment_overrides_the_recipe():
     assert command[command.index("--learning_rate") + 1] == "2e-3"  # the script's own, overridden by the user's
 
 
+WARMUP_SPELLINGS = {  # the user's flag -> the steps it gives over 1,000 training steps
+    ("--warmup_ratio", "0.05"): 50, ("--warmup_ratio=0.05",): 50, ("--warmup_steps", "7"): 7, ("--warmup_steps=7",): 7}
+
+
+def parsed_training_arguments(command: list[str]):
+    """What `python -m mvlm.train.train` makes of the command's flags (the crash used to happen here)."""
+    import transformers
+
+    from mvlm.train.arguments import DataArguments, ModelArguments, TrainingArguments
+
+    flags = command[command.index("mvlm.train.train") + 1:]
+    parser = transformers.HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
+    return parser.parse_args_into_dataclasses(args=flags)[2]
+
+
+@pytest.mark.parametrize("script", ["pretrain.sh", "finetune.sh"])
+@pytest.mark.parametrize("spelling", sorted(WARMUP_SPELLINGS))
+def test_the_users_warmup_flag_replaces_the_scripts_warmup(script, spelling):
+    command = dry_run(script, *spelling, WARMUP_RATIO="0.1")
+    warmup = [arg for arg in command if arg.startswith(("--warmup_ratio", "--warmup_steps"))]
+    assert warmup == [spelling[0]], command  # the user's alone: the script's WARMUP_RATIO gives way
+    assert parsed_training_arguments(command).get_warmup_steps(1000) == WARMUP_SPELLINGS[spelling]
+
+
+def test_warmup_ratio_from_the_environment_reaches_the_trainer():
+    command = dry_run("pretrain.sh", WARMUP_RATIO="0.1")
+    assert last_flag_values(command)["warmup_steps"] == "0.1"  # transformers 5: below 1, a ratio
+    assert parsed_training_arguments(command).get_warmup_steps(1000) == 100
+
+
 @pytest.mark.parametrize("script,config", [("pretrain.sh", "zero2.json"), ("finetune.sh", "zero3.json"),
                                            ("finetune_lora.sh", "zero3.json"), ("finetune_qlora.sh", "zero2.json")])
 def test_gpus_launch_with_deepspeed_bf16_and_tf32(eight_gpus, script, config):

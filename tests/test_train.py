@@ -2,6 +2,8 @@
 
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -242,13 +244,25 @@ def test_flash_attention_falls_back_to_sdpa_with_one_warning(checkpoints, data, 
 def test_llava_warmup_ratio_flag_still_works():
     import transformers
 
-    from mvlm.train.arguments import TrainingArguments
+    from mvlm.train.arguments import FlagError, TrainingArguments
 
     parser = transformers.HfArgumentParser(TrainingArguments)
     (args,) = parser.parse_args_into_dataclasses(["--output_dir", "out", "--warmup_ratio", "0.03"])
     assert args.get_warmup_steps(1000) == 30
-    with pytest.raises(ValueError, match="give one of --warmup_ratio and --warmup_steps"):
+    with pytest.raises(FlagError, match=r"give one of --warmup_ratio \(0.03\) and --warmup_steps \(5\)"):
         parser.parse_args_into_dataclasses(["--output_dir", "out", "--warmup_ratio", "0.03", "--warmup_steps", "5"])
+
+
+def test_conflicting_warmup_flags_stop_with_one_line_not_a_traceback(tmp_path):
+    """Both --warmup_ratio and a non-zero --warmup_steps, as a user types them: a flag error, not a crash."""
+    result = subprocess.run(
+        [sys.executable, "-m", "mvlm.train.train", "--model_name_or_path", str(tmp_path / "llm"),
+         "--output_dir", str(tmp_path / "out"), "--warmup_ratio", "0.03", "--warmup_steps", "5"],
+        capture_output=True, text=True, timeout=300, env=dict(os.environ, CUDA_VISIBLE_DEVICES=""))
+    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
+    ours = [line for line in result.stderr.splitlines() if line.startswith("mvlm:")]
+    assert ours == ["mvlm: give one of --warmup_ratio (0.03) and --warmup_steps (5), not both"], result.stderr
+    assert result.stderr.rstrip().endswith(ours[0])
 
 
 def test_missing_data_or_projector_files_stop_before_the_model_is_built(checkpoints, tmp_path):

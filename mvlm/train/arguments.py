@@ -12,6 +12,10 @@ import dataclasses
 import transformers
 
 
+class FlagError(ValueError):
+    """A flag, or a combination of flags, that cannot work: `main()` reports it as one line, no traceback."""
+
+
 @dataclasses.dataclass
 class ModelArguments:
     model_name_or_path: str = dataclasses.field(
@@ -43,10 +47,10 @@ class ModelArguments:
 
     def __post_init__(self):
         if self.mm_use_im_start_end or self.mm_use_im_patch_token:
-            raise ValueError("--mm_use_im_start_end / --mm_use_im_patch_token are not supported (LLaVA-1.5 uses "
+            raise FlagError("--mm_use_im_start_end / --mm_use_im_patch_token are not supported (LLaVA-1.5 uses "
                              "False for both); drop them")
         if self.mm_vision_select_feature not in ("patch", "cls_patch"):
-            raise ValueError(f"--mm_vision_select_feature must be patch or cls_patch, got "
+            raise FlagError(f"--mm_vision_select_feature must be patch or cls_patch, got "
                              f"{self.mm_vision_select_feature!r}")
 
     @property
@@ -101,8 +105,9 @@ class TrainingArguments(transformers.TrainingArguments):
     def __post_init__(self):
         if self.warmup_ratio is not None:
             if not 0 <= self.warmup_ratio < 1:
-                raise ValueError(f"--warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+                raise FlagError(f"--warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
             if self.warmup_steps:
-                raise ValueError("give one of --warmup_ratio and --warmup_steps")
+                raise FlagError(f"give one of --warmup_ratio ({self.warmup_ratio:g}) and --warmup_steps "
+                                f"({self.warmup_steps:g}), not both")
             self.warmup_steps = self.warmup_ratio
         super().__post_init__()

@@ -12,7 +12,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from mvlm.data.dataset import BadSampleError, DataConfig, LazySupervisedDataset, SupervisedCollator
 from mvlm.data.formats import DataFormatError, load_samples
 from mvlm.model.projector_weights import find_projector_file
-from mvlm.train.arguments import DataArguments, ModelArguments, TrainingArguments
+from mvlm.train.arguments import DataArguments, FlagError, ModelArguments, TrainingArguments
 from mvlm.train.distributed import freeze_unreachable_tower_parameters, init_deepspeed_comm
 from mvlm.train.model_setup import load_model_for_training
 from mvlm.train.policy import apply_policy, policy_from_flags, policy_table
@@ -24,7 +24,10 @@ logger = logging.getLogger("mvlm.train")
 def main(argv: list[str] | None = None) -> MvlmTrainer:
     """Run one training; returns the Trainer (its model is the trained one)."""
     parser = transformers.HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
-    model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    try:
+        model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    except FlagError as error:  # the user's flags, not our code: one line, as argparse reports its own errors
+        parser.exit(2, f"mvlm: {error}\n")
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
 
     policy = policy_from_flags(
