@@ -11,7 +11,7 @@ checkpoint.
 
 DeepSpeed compiles one small C++ op (shared-memory communication) on first use, 35 s to 2 min on two
 cores; it is cached in $TORCH_EXTENSIONS_DIR (default here: <venv>/torch_extensions). With the op
-cached the file takes about 100 s, nearly all of it process start-up (six two-process runs).
+cached the file takes about 130 s, nearly all of it process start-up (eight two-process runs).
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from mvlm.model.builder import build_model, load_pretrained_model
 REPO = Path(__file__).resolve().parents[1]
 RECORDER = Path(__file__).with_name("train_recording_batches.py")
 RUN_TIMEOUT = 240  # seconds; a run takes about 25
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
 PROJECTOR_KEYS = sorted(f"multi_modal_projector.linear_{i}.{kind}" for i in (1, 2) for kind in ("weight", "bias"))
 
 
@@ -109,14 +110,17 @@ def train(checkpoints, output_dir: Path, *flags: str, model: Path | None = None)
     start = (["--model_name_or_path", str(model)] if model is not None else
              ["--model_name_or_path", checkpoints("llm", "llama"), "--vision_tower", checkpoints("tower", "clip")])
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-        str(RECORDER), str(batch_log), *start,
-        "--output_dir", str(output_dir), "--max_steps", "3", "--save_strategy", "steps", "--save_steps", "2",
-        "--use_cpu", "True", "--ddp_backend", "gloo", "--report_to", "none", "--logging_steps", "1",
-        "--dataloader_num_workers", "0", "--disable_tqdm", "True", *flags,
+        *TORCHRUN, str(RECORDER), str(batch_log), *start, *run_flags(output_dir),
+        "--save_strategy", "steps", "--save_steps", "2", "--use_cpu", "True", "--ddp_backend", "gloo", *flags,
     ]
     run_to_end(command, output_dir.with_name(output_dir.name + ".log"), RUN_TIMEOUT)
     return [json.loads((batch_log / f"batches-rank{rank}.json").read_text()) for rank in (0, 1)]
+
+
+def run_flags(output_dir: Path) -> list[str]:
+    """Three steps, quiet, no DataLoader workers: what every two-process run here passes."""
+    return ["--output_dir", str(output_dir), "--max_steps", "3", "--report_to", "none", "--logging_steps", "1",
+            "--dataloader_num_workers", "0", "--disable_tqdm", "True"]
 
 
 def stage2_flags(data, stage1_out: Path, train_tower: bool = True) -> list[str]:
@@ -279,6 +283,21 @@ def test_zero3_lora_over_an_mvlm_checkpoint_saves_whole_adapters_and_projector(z
     _, model, _, _ = load_pretrained_model(str(out), model_base=str(base))
     for name, tensor in model.multi_modal_projector.state_dict().items():
         assert torch.equal(tensor, non_lora["multi_modal_projector." + name]), name
+
+
+@pytest.mark.parametrize("backend", [[], ["--deepspeed", str(REPO / "scripts" / "zero3.json")]], ids=["ddp", "zero3"])
+def test_two_processes_without_use_cpu_train_together_on_the_cpu(checkpoints, data, deepspeed_ops, tmp_path, backend):
+    """`torchrun --nproc_per_node 2 -m mvlm.train.train ... [--deepspeed scripts/zero3.json]` as a user types it on
+    a machine without GPUs: no --use_cpu, no --ddp_backend. ZeRO-3 used to stop on DeepSpeed's batch-size check
+    (world size 1 on Trainer's side, 2 on DeepSpeed's); DDP used to run two separate one-process trainings."""
+    out = tmp_path / "pretrain"
+    command = [*TORCHRUN, "-m", "mvlm.train.train", "--model_name_or_path", checkpoints("llm", "llama"),
+               "--vision_tower", checkpoints("tower", "clip"), *stage1_flags(data), *run_flags(out), *backend]
+    run_to_end(command, tmp_path / "run.log", RUN_TIMEOUT)
+    state = json.loads((out / "trainer_state.json").read_text())
+    # 8 captions at 2 per process: an epoch is 2 steps on two processes (4 on one), so 3 steps end at 1.5.
+    assert (state["global_step"], state["log_history"][-1]["epoch"]) == (3, 1.5)
+    assert sorted(load_file(out / "mm_projector.safetensors")) == PROJECTOR_KEYS
 
 
 @pytest.mark.parametrize("feature_layer,unreachable", [

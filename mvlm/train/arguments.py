@@ -8,8 +8,11 @@ logging, resume, report_to) works as usual; the fields below are LLaVA's, plus a
 from __future__ import annotations
 
 import dataclasses
+import os
 
+import torch
 import transformers
+from transformers.utils import is_torch_hpu_available, is_torch_xla_available
 
 
 class FlagError(ValueError):
@@ -110,4 +113,25 @@ class TrainingArguments(transformers.TrainingArguments):
                 raise FlagError(f"give one of --warmup_ratio ({self.warmup_ratio:g}) and --warmup_steps "
                                 f"({self.warmup_steps:g}), not both")
             self.warmup_steps = self.warmup_ratio
+        if not self.use_cpu and _started_by_a_launcher() and not _has_accelerator():
+            # torchrun on a CPU-only machine: train as with --use_cpu True. Set before the parent's
+            # __post_init__, which sets up the processes (see _has_accelerator for what happens otherwise).
+            self.use_cpu = True
         super().__post_init__()
+
+
+def _started_by_a_launcher() -> bool:
+    """True in a process that torchrun or DeepSpeed's launcher started (accelerate's own test)."""
+    return int(os.environ.get("LOCAL_RANK", -1)) != -1
+
+
+def _has_accelerator() -> bool:
+    """Whether this machine has a GPU or another accelerator, which accelerate sets up processes on by itself.
+
+    Without one, accelerate sets up a launcher's processes as distributed only when told they run on the
+    CPU (--use_cpu True, gloo); otherwise each counts itself alone: under DDP every process trains alone on
+    the whole data, and under ZeRO DeepSpeed (which counts them all) rejects Trainer's batch sizes.
+    """
+    accelerator = getattr(torch, "accelerator", None)  # torch >= 2.6: CUDA, MPS, XPU, NPU, ...
+    found = accelerator.is_available() if accelerator is not None else torch.cuda.is_available()
+    return found or is_torch_xla_available() or is_torch_hpu_available()

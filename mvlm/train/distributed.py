@@ -1,7 +1,8 @@
 """What multi-process training (torchrun DDP, DeepSpeed ZeRO-2/3) needs beyond `transformers.Trainer`.
 
 - `init_deepspeed_comm`: on a GPU machine Trainer's arguments start DeepSpeed's communication
-  themselves; with `--use_cpu True` (gloo: ZeRO on the CPU) they start only torch.distributed, and
+  themselves; with `--use_cpu True` (gloo: ZeRO on the CPU; `TrainingArguments` sets it under a launcher
+  on a machine without an accelerator) they start only torch.distributed, and
   ZeRO-3's `deepspeed.zero.Init`, which partitions each weight as `from_pretrained` creates it, would
   see one process and reject the batch sizes of the config.
 - `projector_for_saving`: stage 1 writes the projector alone, whole, even from ZeRO-3 partitions.
