@@ -1,7 +1,9 @@
 """Export to HuggingFace LLaVA: transformers' own LlavaForConditionalGeneration + AutoProcessor give mvlm's
-pixels, prompt, logits (atol 1e-4) and greedy tokens, with no missing or unexpected keys; refusals leave
-nothing behind; the chat templates render as mvlm's; and, where a transformers 4.x interpreter is given
-(MVLM_TRANSFORMERS4_PYTHON), the export loads there with the same logits."""
+pixels, prompt, logits (atol 1e-4) and greedy tokens, with no missing or unexpected keys; feature layers are
+written as negative indices; refusals leave nothing behind; the chat templates render as mvlm's, led by the
+BOS where the tokenizer puts one first, and tokenize (vLLM's way, apply_chat_template's) to mvlm's prompt
+ids; --conv-mode sets the template, an export without one warns; and, where a transformers 4.x interpreter
+is given (MVLM_TRANSFORMERS4_PYTHON), the export loads there with the same logits."""
 
 import json
 import os
@@ -17,8 +19,9 @@ from transformers import AutoProcessor, LlavaForConditionalGeneration
 from mvlm.conversation import conv_templates
 from mvlm.convert.chat_template import chat_template_for
 from mvlm.convert.to_hf import export_to_hf
+from mvlm.convert.to_hf import main as to_hf
 from mvlm.data.images import process_images
-from mvlm.data.tokenize import conversation_from_sample, tokenize_prompt
+from mvlm.data.tokenize import bos_prefix, conversation_from_sample, tokenize_prompt
 from mvlm.model.builder import build_model, save_checkpoint
 
 ATOL = 1e-4
@@ -50,10 +53,21 @@ def strong_model(checkpoints, family, tower, conv_mode, **kwargs):
     return model.eval(), tokenizer, image_processor
 
 
-def mvlm_prompt(model, tokenizer, conv_mode):
+def mvlm_prompt(model, tokenizer, conv_mode, num_image_tokens=None):
+    """SAMPLE's prompt (its last answer open) as mvlm renders it, and its ids (image runs of
+    `num_image_tokens`, by default the model's)."""
     conv = conversation_from_sample(SAMPLE, conv_mode, tokenizer)
     conv.messages[-1][1] = None
-    return conv.get_prompt(), tokenize_prompt(conv, tokenizer, model.num_image_tokens)[None]
+    return conv.get_prompt(), tokenize_prompt(conv, tokenizer, num_image_tokens or model.num_image_tokens)[None]
+
+
+def bos_text(tokenizer, conv_mode="vicuna_v1"):
+    """What the exported template writes before mvlm's prompt: nothing for the byte-level tokenizers (no BOS);
+    for the SentencePiece ones (BOS first, "▁" only before a text's first word) the BOS, then a space that
+    gives the first word its "▁" again, unless the prompt starts with a special token (plain's `<image>`)."""
+    if not bos_prefix(tokenizer):
+        return ""
+    return "<s>" if conv_mode == "plain" else "<s> "
 
 
 @pytest.mark.parametrize("family,tower,conv_mode,as_llama", [
@@ -74,7 +88,8 @@ def test_transformers_reproduces_mvlm(checkpoints, tmp_path, family, tower, conv
     processor = AutoProcessor.from_pretrained(out)
 
     prompt, input_ids = mvlm_prompt(model, tokenizer, conv_mode)
-    assert processor.apply_chat_template(MESSAGES, add_generation_prompt=True) == prompt
+    rendered = processor.apply_chat_template(MESSAGES, add_generation_prompt=True)
+    assert rendered == bos_text(tokenizer, conv_mode) + prompt
     inputs = processor(images=image(), text=prompt, return_tensors="pt")
     pixel_values = process_images([image()], image_processor, model.config.image_aspect_ratio)
     assert torch.allclose(inputs["pixel_values"], pixel_values, atol=1e-6)
@@ -87,6 +102,21 @@ def test_transformers_reproduces_mvlm(checkpoints, tmp_path, family, tower, conv
     new_tokens = model.generate(input_ids, pixel_values=pixel_values, max_new_tokens=5, do_sample=False)
     hf_tokens = hf.generate(input_ids=input_ids, pixel_values=inputs["pixel_values"], max_new_tokens=5, do_sample=False)
     assert torch.equal(hf_tokens[:, input_ids.shape[1]:], new_tokens)
+
+
+@pytest.mark.parametrize("layers,exported", [(0, -4), ([0, 2], [-4, -2])])  # a 3-layer tower: 4 hidden states
+def test_feature_layers_export_as_negative_indices(checkpoints, tmp_path, layers, exported):
+    """transformers' LLaVA reads layer 0 as "no hidden states" (falsy); the negative index selects the same."""
+    model, tokenizer, image_processor = strong_model(checkpoints, "llama", "clip", "phi3_chat",
+                                                     vision_feature_layer=layers)
+    export_to_hf(model, tokenizer, image_processor, str(tmp_path / "hf"))
+    hf = LlavaForConditionalGeneration.from_pretrained(str(tmp_path / "hf"))
+    assert hf.config.vision_feature_layer == exported
+    _, input_ids = mvlm_prompt(model, tokenizer, "phi3_chat")
+    pixel_values = process_images([image()], image_processor, "pad")
+    with torch.no_grad():
+        assert torch.allclose(hf(input_ids=input_ids, pixel_values=pixel_values).logits,
+                              model(input_ids=input_ids, pixel_values=pixel_values).logits, atol=ATOL)
 
 
 def test_linear_projector_exports_as_linear_then_identity(checkpoints, tmp_path):
@@ -122,17 +152,80 @@ def test_as_llama_only_for_phi3(checkpoints, tmp_path):
 
 
 @pytest.mark.parametrize("name", sorted(set(conv_templates) - {"auto"}))
-def test_chat_templates_render_as_mvlm(tokenizers, name):
-    tokenizer = tokenizers("sentencepiece", True)
+@pytest.mark.parametrize("kind,with_bos", [("sentencepiece", True), ("bytelevel", False)])
+def test_chat_templates_render_as_mvlm(tokenizers, name, kind, with_bos):
+    """As mvlm's prompt, led by the BOS where the tokenizer puts one first (transformers' convention)."""
+    tokenizer = tokenizers(kind, with_bos)
     system = [{"role": "system", "content": "Be brief."}]
     for messages, sample in ((MESSAGES, SAMPLE),
                              (system + MESSAGES, {**SAMPLE, "conversations": [
                                  {"from": "system", "value": "Be brief."}, *SAMPLE["conversations"]]})):
         conv = conversation_from_sample(sample, name, tokenizer)
         conv.messages[-1][1] = None
-        rendered = tokenizer.apply_chat_template(messages, chat_template=chat_template_for(name), tokenize=False,
-                                                 add_generation_prompt=True)
-        assert rendered == conv.get_prompt()
+        rendered = tokenizer.apply_chat_template(messages, chat_template=chat_template_for(name, tokenizer),
+                                                 tokenize=False, add_generation_prompt=True)
+        assert rendered == bos_text(tokenizer, name) + conv.get_prompt()
+
+
+@pytest.mark.parametrize("family,conv_mode", [
+    ("llama", "phi3_chat"), ("llama", "mistral_instruct"), ("llama", "plain"),  # BOS first
+    ("qwen2", "chatml_direct"), ("qwen2", "phi3_chat"),  # byte-level: no BOS
+])
+def test_chat_template_tokenizes_to_mvlm_prompt_ids(checkpoints, tmp_path, family, conv_mode):
+    """vLLM's way (the rendered template tokenized with add_special_tokens=False), the processor's and the
+    tokenizer's apply_chat_template(tokenize=True) all give mvlm's prompt ids, BOS included where mvlm has one."""
+    model, tokenizer, image_processor = strong_model(checkpoints, family, "clip", conv_mode)
+    out = str(tmp_path / "hf")
+    export_to_hf(model, tokenizer, image_processor, out)
+    processor = AutoProcessor.from_pretrained(out)
+    _, expected = mvlm_prompt(model, tokenizer, conv_mode)
+    assert (expected[0, 0].item() == tokenizer.bos_token_id) == (family == "llama")
+
+    rendered = processor.apply_chat_template(MESSAGES, add_generation_prompt=True)
+    vllm_way = processor(images=image(), text=rendered, add_special_tokens=False, return_tensors="pt")
+    assert vllm_way["input_ids"].tolist() == expected.tolist()
+    with_image = [{**MESSAGES[0], "content": [{"type": "image", "image": image()}, *MESSAGES[0]["content"][1:]]},
+                  *MESSAGES[1:]]
+    processor_way = processor.apply_chat_template(with_image, add_generation_prompt=True, tokenize=True,
+                                                  return_dict=True, return_tensors="pt")
+    assert processor_way["input_ids"].tolist() == expected.tolist()
+    tokenizer_way = processor.tokenizer.apply_chat_template(MESSAGES, add_generation_prompt=True, tokenize=True,
+                                                            return_dict=False)
+    assert tokenizer_way == mvlm_prompt(model, tokenizer, conv_mode, num_image_tokens=1)[1][0].tolist()
+
+
+def saved_checkpoint(checkpoints, tmp_path, conv_mode):
+    """A llama + CLIP mvlm checkpoint folder that records `conv_mode` (None: no template)."""
+    model, tokenizer, image_processor = strong_model(checkpoints, "llama", "clip", conv_mode)
+    source = str(tmp_path / "mvlm")
+    save_checkpoint(source, model, tokenizer, image_processor)
+    return source, tokenizer
+
+
+@pytest.mark.parametrize("flag", [[], ["--conv-mode", "auto"]])  # the tiny tokenizer has no template of its own
+def test_to_hf_without_a_chat_template_warns_naming_the_flag(checkpoints, tmp_path, capsys, flag):
+    source, _ = saved_checkpoint(checkpoints, tmp_path, None)
+    out = str(tmp_path / "hf")
+    to_hf(["--model-path", source, "--save-path", out, *flag])
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "--conv-mode" in line]
+    assert len(warnings) == 1 and "warning" in warnings[0], warnings
+    assert AutoProcessor.from_pretrained(out).chat_template is None
+
+
+def test_to_hf_conv_mode_sets_the_chat_template(checkpoints, tmp_path, capsys):
+    source, tokenizer = saved_checkpoint(checkpoints, tmp_path, "vicuna_v1")
+    out = str(tmp_path / "hf")
+    to_hf(["--model-path", source, "--save-path", out, "--conv-mode", "phi3_chat"])
+    assert "--conv-mode" not in capsys.readouterr().err
+    assert AutoProcessor.from_pretrained(out).chat_template == chat_template_for("phi3_chat", tokenizer)
+
+
+def test_to_hf_unknown_conv_mode_is_a_one_line_error(tmp_path):
+    with pytest.raises(SystemExit) as raised:
+        to_hf(["--model-path", str(tmp_path / "any"), "--save-path", str(tmp_path / "hf"), "--conv-mode", "vicuna"])
+    message = str(raised.value)
+    assert "\n" not in message and "'vicuna'" in message and all(name in message for name in conv_templates)
+    assert os.listdir(tmp_path) == []
 
 
 def test_to_hf_cli(checkpoints, tmp_path):

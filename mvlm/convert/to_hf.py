@@ -1,12 +1,14 @@
 """Export an mvlm checkpoint to the HuggingFace LLaVA format, which transformers, vLLM and SGLang load.
 
-    python -m mvlm.convert.to_hf --model-path CHECKPOINT --save-path OUT [--as-llama]
+    python -m mvlm.convert.to_hf --model-path CHECKPOINT --save-path OUT [--as-llama] [--conv-mode NAME]
 
 OUT holds a `LlavaForConditionalGeneration` checkpoint and a `LlavaProcessor` (tokenizer with `<image>`,
 an image processor that pads to squares where mvlm does, `patch_size`, `vision_feature_select_strategy`,
-`num_additional_image_tokens`, and the checkpoint's chat template). Keys and config fields are written
-so that transformers 4.x reads them as well as 5.x: towers keep 4.x's `vision_model.` level, the LLM's
-`rope_theta` / `rope_scaling` stand next to 5.x's `rope_parameters`.
+`num_additional_image_tokens`, and the chat template of `--conv-mode` or else the checkpoint's; without
+either, a warning: chat servers refuse chat requests to a processor without a template). Keys and config
+fields are written so that transformers 4.x reads them as well as 5.x: towers keep 4.x's `vision_model.`
+level, the LLM's `rope_theta` / `rope_scaling` stand next to 5.x's `rope_parameters`; feature layers are
+negative indices, which every version reads as mvlm does.
 
 Where the format cannot hold the model the export is refused, with the reason, before anything is
 written: HuggingFace LLaVA puts its own bias-free head over the LLM's base model, so a head with a bias
@@ -21,6 +23,7 @@ import argparse
 import copy
 import json
 import os
+import sys
 from typing import Any
 
 import torch
@@ -28,6 +31,7 @@ from transformers import LlavaConfig, LlavaProcessor
 from transformers.models.llava.image_processing_pil_llava import LlavaImageProcessorPil
 
 from mvlm.constants import DEFAULT_IMAGE_TOKEN
+from mvlm.conversation import conv_templates
 from mvlm.convert.chat_template import chat_template_for
 from mvlm.convert.dtypes import DTYPES, checkpoint_dtype
 from mvlm.convert.output import check_new_folder, staged_folder
@@ -90,6 +94,15 @@ def _with_legacy_rope_fields(text_config: dict[str, Any]) -> dict[str, Any]:
     return text_config
 
 
+def negative_feature_layer(layer: int | list[int], num_layers: int) -> int | list[int]:
+    """`layer` (or each of a list) as the equivalent negative index into a tower's `num_layers` + 1 hidden
+    states: transformers' LLaVA reads `vision_feature_layer: 0` as "no hidden states wanted" (it is falsy)
+    and then fails in get_image_features, while -(num_layers + 1) selects the same embeddings output."""
+    if isinstance(layer, list):
+        return [negative_feature_layer(one, num_layers) for one in layer]
+    return layer - (num_layers + 1) if layer >= 0 else layer
+
+
 def _projector_state(model: Any) -> tuple[dict[str, torch.Tensor], str]:
     """HuggingFace's linear_1 / act / linear_2 tensors and activation; a `linear` projector is linear_1
     followed by an exact identity (its activation `linear` is the identity function)."""
@@ -129,7 +142,8 @@ def hf_llava_state_dict(model: Any, as_llama: bool = False) -> tuple[dict[str, t
         image_seq_length=model.num_image_tokens,
         projector_hidden_act=activation,
         vision_feature_select_strategy=config.vision_feature_select_strategy,
-        vision_feature_layer=config.vision_feature_layer,
+        vision_feature_layer=negative_feature_layer(config.vision_feature_layer,
+                                                    config.vision_config.num_hidden_layers),
         multimodal_projector_bias=True,
         tie_word_embeddings=tied,
     ).to_dict()
@@ -141,8 +155,14 @@ def hf_llava_state_dict(model: Any, as_llama: bool = False) -> tuple[dict[str, t
     return {key: value.detach().to("cpu").contiguous() for key, value in state.items()}, llava_config
 
 
-def llava_processor(model: Any, tokenizer: Any, image_processor: Any) -> LlavaProcessor:
-    """A LlavaProcessor that expands `<image>` and prepares pixels exactly as mvlm does for this model."""
+def export_conv_mode(model: Any, conv_mode: str | None = None) -> str | None:
+    """The template to export: `conv_mode` where given, else the one the checkpoint records (None: none)."""
+    return conv_mode or getattr(model.config, "conv_mode", None)
+
+
+def llava_processor(model: Any, tokenizer: Any, image_processor: Any, conv_mode: str | None = None) -> LlavaProcessor:
+    """A LlavaProcessor that expands `<image>` and prepares pixels exactly as mvlm does for this model, with
+    the chat template of `conv_mode` (default: the checkpoint's)."""
     config = model.config
     height, width = processor_input_size(image_processor)
     crop = getattr(image_processor, "crop_size", None) or {"height": height, "width": width}
@@ -161,7 +181,8 @@ def llava_processor(model: Any, tokenizer: Any, image_processor: Any) -> LlavaPr
         do_convert_rgb=True,
     )
     tokenizer = copy.deepcopy(tokenizer)
-    template = chat_template_for(config.conv_mode, tokenizer) if config.conv_mode else None
+    name = export_conv_mode(model, conv_mode)
+    template = chat_template_for(name, tokenizer) if name else None
     patch = config.vision_config.patch_size
     return LlavaProcessor(
         image_processor=pixels,
@@ -176,10 +197,10 @@ def llava_processor(model: Any, tokenizer: Any, image_processor: Any) -> LlavaPr
 
 def export_to_hf(
     model: Any, tokenizer: Any, image_processor: Any, save_path: str, as_llama: bool = False,
-    max_shard_size: str = "5GB",
-) -> None:
+    max_shard_size: str = "5GB", conv_mode: str | None = None,
+) -> str | None:
     """Write `model` as a HuggingFace LLaVA checkpoint + processor to `save_path` (a new or empty folder);
-    a refusal or a failure leaves nothing behind."""
+    a refusal or a failure leaves nothing behind. Returns the chat template written (None: none)."""
     from huggingface_hub import save_torch_state_dict
 
     reasons = unrepresentable_reasons(model, as_llama)
@@ -187,7 +208,7 @@ def export_to_hf(
         raise ValueError("the HuggingFace LLaVA format cannot hold this model: " + "; ".join(reasons))
     check_new_folder(save_path)
     state, config = hf_llava_state_dict(model, as_llama)
-    processor = llava_processor(model, tokenizer, image_processor)
+    processor = llava_processor(model, tokenizer, image_processor, conv_mode)
     with staged_folder(save_path) as staging:
         save_torch_state_dict(state, staging, max_shard_size=max_shard_size, metadata={"format": "pt"})
         with open(os.path.join(staging, "config.json"), "w", encoding="utf-8") as handle:
@@ -195,6 +216,7 @@ def export_to_hf(
         processor.save_pretrained(staging)
         _name_tokenizer_class_for_4x(staging)
         model.generation_config.save_pretrained(staging)
+    return processor.chat_template
 
 
 def _name_tokenizer_class_for_4x(folder: str) -> None:
@@ -221,19 +243,36 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dtype", choices=["auto", *DTYPES], default="auto",
                         help="weights' dtype; auto: the one the checkpoint records")
     parser.add_argument("--max-shard-size", "--max_shard_size", default="5GB")
+    parser.add_argument("--conv-mode", "--conv_mode", default=None,
+                        help="the chat template to export (one of mvlm's, as for serve.cli); default: the checkpoint's")
     args = parser.parse_args(argv)
+    if args.conv_mode is not None and args.conv_mode not in conv_templates:
+        raise SystemExit(f"mvlm.convert.to_hf: unknown --conv-mode {args.conv_mode!r}; known: "
+                         f"{', '.join(sorted(conv_templates))}")
     from mvlm.model.builder import load_pretrained_model
 
     dtype = checkpoint_dtype(args.model_path) if args.dtype == "auto" else DTYPES[args.dtype]
     tokenizer, model, image_processor, _ = load_pretrained_model(
         args.model_path, model_base=args.model_base, torch_dtype=dtype, vision_tower=args.vision_tower)
     try:
-        export_to_hf(model, tokenizer, image_processor, args.save_path, as_llama=args.as_llama,
-                     max_shard_size=args.max_shard_size)
+        template = export_to_hf(model, tokenizer, image_processor, args.save_path, as_llama=args.as_llama,
+                                max_shard_size=args.max_shard_size, conv_mode=args.conv_mode)
     except (ValueError, FileExistsError) as error:
         raise SystemExit(f"mvlm.convert.to_hf: {args.model_path}: {error}") from None
+    if template is None:
+        print(f"mvlm.convert.to_hf: warning: {args.save_path} has no chat template ("
+              f"{_why_no_template(export_conv_mode(model, args.conv_mode), args.model_path)}), so chat servers (vLLM, "
+              "SGLang) refuse chat requests to it; export again with --conv-mode NAME, the template it was trained "
+              "with", file=sys.stderr)
     print(f"wrote {args.save_path}: load it with transformers.LlavaForConditionalGeneration.from_pretrained and "
           "AutoProcessor.from_pretrained")
+
+
+def _why_no_template(conv_mode: str | None, model_path: str) -> str:
+    """Why an export has no chat template, for the warning."""
+    if conv_mode is None:
+        return f"{model_path} records no conv_mode and no --conv-mode was given"
+    return f"template {conv_mode!r} is the tokenizer's own chat template, and the tokenizer has none"
 
 
 if __name__ == "__main__":
