@@ -9,6 +9,7 @@ it asserts no more than that. About two minutes on 2 CPU cores; the rest of the 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -162,3 +163,37 @@ def test_quick_demo_runs_the_users_scripts_and_tools(quick_run):
         "mistral_instruct", 0, 9)
     answers = [json.loads(line) for line in open(output / "eval" / "answers.jsonl")]
     assert len(answers) == 250 and answers[0]["model_id"] == "finetune"
+
+
+# ---------------------------------------------------------------- the same numbers every run
+
+MINI_RUN = """
+import dataclasses, sys
+from mvlm.demo.__main__ import QUICK, run_demo
+config = dataclasses.replace(QUICK, train_images=1500, caption_images=200, test_per_category=10, stage1_steps=5,
+                             stage2_steps=40, stage2_batch=32, logging_steps=5)
+run_demo(config, sys.argv[1], seed=0)
+"""
+
+
+def mini_run(output, shell_threads):
+    """A small demo run (1,500 images, 40 stage-2 steps) from a shell whose OMP_NUM_THREADS is `shell_threads`."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS=str(shell_threads))
+    result = subprocess.run([sys.executable, "-c", MINI_RUN, str(output)], cwd=REPO, env=env, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    history = json.loads((output / "checkpoints" / "finetune" / "trainer_state.json").read_text())["log_history"]
+    losses = [entry["loss"] for entry in history if "loss" in entry]
+    weights = hashlib.sha256((output / "checkpoints" / "finetune" / "model.safetensors").read_bytes()).hexdigest()
+    answers = [json.loads(line) for line in (output / "eval" / "answers.jsonl").read_text().splitlines()]
+    return losses, weights, [(answer["question_id"], answer["text"]) for answer in answers]
+
+
+def test_a_seeded_run_gives_the_same_numbers_whatever_the_shell_sets(tmp_path):
+    """The demo fixes its thread count and asks for deterministic kernels: a user who reruns it (from a shell
+    with other thread settings, say) gets the weights, losses and answers of the run before, bit for bit."""
+    first_losses, first_weights, first_answers = mini_run(tmp_path / "first", shell_threads=1)
+    second_losses, second_weights, second_answers = mini_run(tmp_path / "second", shell_threads=3)
+    assert len(first_losses) == 8 and first_losses[-1] < first_losses[0]
+    assert (second_losses, second_weights) == (first_losses, first_weights)
+    assert second_answers == first_answers and len(first_answers) == 50
