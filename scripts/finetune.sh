@@ -12,7 +12,8 @@
 # Every variable below can be set from the environment, and every flag of `python -m mvlm.train.train`
 # can be passed: the arguments come last, so they win. PRETRAIN_MM_MLP_ADAPTER= (empty) passes none,
 # e.g. when MODEL_NAME_OR_PATH is an mvlm checkpoint to continue from. GLOBAL_BATCH is kept whatever the
-# hardware (see scripts/pretrain.sh); launcher, CPU/GPU flags and DRY_RUN=1: see scripts/_launch.sh.
+# hardware (see scripts/pretrain.sh); launcher, many machines, CPU/GPU flags and DRY_RUN=1: see
+# scripts/_launch.sh.
 # scripts/finetune_lora.sh and scripts/finetune_qlora.sh run this script with their LoRA flags.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/_launch.sh"

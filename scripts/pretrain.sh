@@ -10,8 +10,9 @@
 # Every variable below can be set from the environment (MODEL_NAME_OR_PATH=... bash scripts/pretrain.sh),
 # and every flag of `python -m mvlm.train.train` can be passed: the arguments come last, so they win.
 # GLOBAL_BATCH is kept whatever the hardware: gradient_accumulation_steps = GLOBAL_BATCH /
-# (PER_DEVICE_BATCH x NPROC), with PER_DEVICE_BATCH taken from --per_device_train_batch_size when given.
-# Launcher, CPU/GPU flags and DRY_RUN=1: see scripts/_launch.sh.
+# (PER_DEVICE_BATCH x NPROC x NNODES, or x HOSTFILE's slots), with PER_DEVICE_BATCH taken from
+# --per_device_train_batch_size when given. Launcher, many machines (HOSTFILE or NNODES), CPU/GPU flags
+# and DRY_RUN=1: see scripts/_launch.sh.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/_launch.sh"
 

@@ -2,9 +2,10 @@
 
 Real runs: `bash scripts/<name>.sh` in a subprocess on tiny Phi-2/SigLIP-shaped checkpoints (Mipha-3B's
 pair) and synthetic data, paths overridden by flags or by environment variables, on the CPU. The three
-stage-2 runs and a two-process torchrun run start together once stage 1 is done, so the file takes about
-a minute; Python start-up dominates. `DRY_RUN=1` runs check the command each script composes (recipes,
-launcher, global batch) against the numbers the seeds publish, in a fraction of a second each.
+stage-2 runs and a two-process torchrun run start together once stage 1 is done; then two "machines"
+(NNODES=2) meet on this one; the file takes about 80 s, Python start-up dominates. `DRY_RUN=1` runs check
+the command each script composes (recipes, launcher, many machines, global batch) against the numbers the
+seeds publish, in a fraction of a second each; a fake nvidia-smi stands for a GPU machine.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -33,7 +35,7 @@ SCRIPT_VARIABLES = (
     "MM_VISION_TOWER_LR GLOBAL_BATCH PER_DEVICE_BATCH LEARNING_RATE NUM_TRAIN_EPOCHS MODEL_MAX_LENGTH "
     "WEIGHT_DECAY WARMUP_RATIO LR_SCHEDULER_TYPE GRADIENT_CHECKPOINTING SAVE_STEPS SAVE_TOTAL_LIMIT "
     "NUM_WORKERS REPORT_TO DEEPSPEED_CONFIG LORA_R LORA_ALPHA LORA_DROPOUT MM_PROJECTOR_LR BITS QUANT_TYPE "
-    "DOUBLE_QUANT"
+    "DOUBLE_QUANT HOSTFILE NNODES NODE_RANK MASTER_ADDR"
 ).split()
 
 
@@ -223,6 +225,30 @@ def test_two_processes_on_the_cpu_launch_with_torchrun(stage2, workdir):
     assert (workdir / "out/pretrain-2proc/mm_projector.safetensors").is_file()
 
 
+def free_port() -> str:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return str(probe.getsockname()[1])
+
+
+def test_two_machines_meet_through_nnodes(workdir, data, models):
+    """NNODES=2 as two machines run it, here both on this one (MASTER_ADDR=127.0.0.1): they train as one job.
+    The user's --warmup_ratio, which used to stop the scripts, is passed too."""
+    variables = dict(SMALL_BATCH, NNODES="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=free_port())
+    args = ["--model_name_or_path", models["llm"], "--vision_tower", models["tower"], "--data_path", data["caption"],
+            "--image_folder", data["folder"], "--max_steps", "2", "--warmup_ratio", "0.5"]
+    runs = [ScriptRun("pretrain.sh", [*args, "--output_dir", f"out/node{rank}"],
+                      script_env(**variables, NODE_RANK=str(rank)), workdir) for rank in (0, 1)]
+    output = runs[0].output()
+    runs[1].output()
+    assert launched_command(output)[3:11] == ["--nnodes", "2", "--node_rank", "0", "--master_addr", "127.0.0.1",
+                                              "--master_port", variables["MASTER_PORT"]]
+    # GLOBAL_BATCH=4 = 2 per process x 1 process x 2 machines: 2 steps see 8 of the 24 samples.
+    state = json.loads((workdir / "out/node0/trainer_state.json").read_text())
+    assert state["global_step"] == 2 and state["log_history"][-1]["epoch"] == pytest.approx(1 / 3, abs=1e-3)
+    assert not (workdir / "out/node1/mm_projector.safetensors").exists()  # the first machine saves
+
+
 # ---------------------------------------------------------------- the composed command (DRY_RUN=1)
 
 
@@ -378,6 +404,106 @@ def test_cuda_visible_devices_narrows_the_gpus_and_raises_the_accumulation(eight
     assert flags["gradient_accumulation_steps"] == "16"  # 128 / (4 per device x 2 GPUs)
     command = dry_run("finetune.sh", LAUNCHER="deepspeed", CUDA_VISIBLE_DEVICES="0,1", **eight_gpus)
     assert command[command.index("--num_gpus") + 1] == "2"
+
+
+# ---------------------------------------------------------------- many machines (DRY_RUN=1, fake GPUs)
+
+
+def gpu_env(eight_gpus, **variables: str) -> dict[str, str]:
+    """This machine with eight GPUs (the fake nvidia-smi), all visible, plus `variables`."""
+    env = script_env(DRY_RUN="1", **eight_gpus, **variables)
+    del env["CUDA_VISIBLE_DEVICES"]
+    return env
+
+
+def gpu_dry_run(eight_gpus, name: str, *args: str, **variables: str) -> list[str]:
+    result = subprocess.run(["bash", str(SCRIPTS / name), *args], env=gpu_env(eight_gpus, **variables),
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return shlex.split(result.stdout)
+
+
+def test_nnodes_runs_torchrun_on_each_machine_with_zero_and_the_global_batch(eight_gpus):
+    command = gpu_dry_run(eight_gpus, "finetune.sh", NNODES="2", NODE_RANK="1", MASTER_ADDR="10.0.0.1",
+                          MASTER_PORT="29600")
+    assert command[:17] == [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank", "1",
+                            "--master_addr", "10.0.0.1", "--master_port", "29600", "--nproc_per_node", "8", "-m",
+                            "mvlm.train.train", "--deepspeed", str(SCRIPTS / "zero3.json")]
+    flags = last_flag_values(command)
+    assert (flags["bf16"], flags["tf32"]) == ("True", "True")
+    assert flags["gradient_accumulation_steps"] == "2"  # Mipha's 128 = 4 per GPU x 8 GPUs x 2 machines x 2
+
+
+def test_nnodes_on_machines_without_gpus_runs_torchrun_on_the_cpu():
+    command = dry_run("pretrain.sh", NNODES="2", NODE_RANK="0", MASTER_ADDR="head")
+    assert command[:15] == [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank", "0",
+                            "--master_addr", "head", "--master_port", "29500", "--nproc_per_node", "1", "-m",
+                            "mvlm.train.train"]
+    flags = last_flag_values(command)
+    assert flags["use_cpu"] == "True" and "--deepspeed" not in command
+    assert flags["gradient_accumulation_steps"] == "4"  # 256 = 32 per process x 1 process x 2 machines x 4
+
+
+def test_a_hostfile_runs_deepspeeds_launcher_over_all_its_slots(eight_gpus, tmp_path):
+    hostfile = tmp_path / "hostfile"
+    hostfile.write_text("# the two machines\nworker-0 slots=8\n\n  worker-1 slots=8\n")
+    command = gpu_dry_run(eight_gpus, "finetune.sh", HOSTFILE=str(hostfile), MASTER_ADDR="10.0.0.1")
+    assert command[:14] == [sys.executable, "-m", "deepspeed.launcher.runner", "--hostfile", str(hostfile),
+                            "--master_addr", "10.0.0.1", "--master_port", "29500", "--module", "mvlm.train.train",
+                            "--deepspeed", str(SCRIPTS / "zero3.json"), "--bf16"]
+    assert last_flag_values(command)["gradient_accumulation_steps"] == "2"  # 128 = 4 x 16 slots x 2
+    # NPROC caps every host at that many GPUs (DeepSpeed's --num_gpus); without MASTER_ADDR DeepSpeed finds it.
+    command = gpu_dry_run(eight_gpus, "finetune.sh", HOSTFILE=str(hostfile), NPROC="4")
+    assert command[:10] == [sys.executable, "-m", "deepspeed.launcher.runner", "--hostfile", str(hostfile),
+                            "--num_gpus", "4", "--master_port", "29500", "--module"]
+    assert last_flag_values(command)["gradient_accumulation_steps"] == "4"  # 128 = 4 x (4 x 2 hosts) x 4
+
+
+BAD_MANY_MACHINES = {  # settings -> the one line they stop with
+    "nnodes-zero": (dict(NNODES="0"), "NNODES must be a positive integer, got '0'"),
+    "nnodes-word": (dict(NNODES="two"), "NNODES must be a positive integer, got 'two'"),
+    "no-node-rank": (dict(NNODES="2", MASTER_ADDR="head"), "NNODES=2 needs NODE_RANK, this machine's number: "
+                                                            "0 on the MASTER_ADDR machine, 1 ... 1 on the others"),
+    "node-rank-too-big": (dict(NNODES="2", NODE_RANK="2", MASTER_ADDR="head"),
+                          "NODE_RANK must be 0 ... 1 (NNODES=2), got '2'"),
+    "node-rank-negative": (dict(NNODES="2", NODE_RANK="-1", MASTER_ADDR="head"),
+                           "NODE_RANK must be 0 ... 1 (NNODES=2), got '-1'"),
+    "no-master-addr": (dict(NNODES="2", NODE_RANK="0"),
+                       "NNODES=2 needs MASTER_ADDR, the address of the NODE_RANK=0 machine that the others reach"),
+    "bad-port": (dict(NNODES="2", NODE_RANK="0", MASTER_ADDR="head", MASTER_PORT="http"),
+                 "MASTER_PORT must be a positive integer, got 'http'"),
+    "python-launcher": (dict(NNODES="2", NODE_RANK="0", MASTER_ADDR="head", LAUNCHER="python"),
+                        "LAUNCHER=python runs one process on one machine, but NPROC=8 x NNODES=2; "
+                        "use LAUNCHER=torchrun"),
+    "no-hostfile": (dict(HOSTFILE="/no/such/hostfile"),
+                    "HOSTFILE=/no/such/hostfile is not a file; it lists the machines, one 'HOST slots=GPUS' line each"),
+    "both-ways": (dict(HOSTFILE="{hostfile}", NNODES="2"),
+                  "give HOSTFILE (DeepSpeed's launcher starts every machine from this one) or NNODES (torchrun on "
+                  "each machine), not both"),
+    "hostfile-torchrun": (dict(HOSTFILE="{hostfile}", LAUNCHER="torchrun"),
+                          "HOSTFILE is read by DeepSpeed's launcher, which needs GPUs on this machine and deepspeed "
+                          "(LAUNCHER=auto or deepspeed); otherwise use NNODES, NODE_RANK and MASTER_ADDR (torchrun "
+                          "on each machine)"),
+    "hostfile-bad-line": (dict(HOSTFILE="{bad_hostfile}"),
+                          "HOSTFILE={bad_hostfile} line 2 is not 'HOST slots=GPUS': worker-1 8"),
+    "global-batch": (dict(NNODES="3", NODE_RANK="0", MASTER_ADDR="head"),
+                     "GLOBAL_BATCH=128 is not a multiple of the per-device batch 4 x NPROC=8 x NNODES=3; change "
+                     "GLOBAL_BATCH, PER_DEVICE_BATCH (or --per_device_train_batch_size) or the number of processes, "
+                     "or pass --gradient_accumulation_steps yourself"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_MANY_MACHINES))
+def test_bad_many_machine_settings_stop_with_one_line(eight_gpus, tmp_path, case):
+    files = {"hostfile": tmp_path / "hostfile", "bad_hostfile": tmp_path / "bad-hostfile"}
+    files["hostfile"].write_text("worker-0 slots=8\nworker-1 slots=8\n")
+    files["bad_hostfile"].write_text("worker-0 slots=8\nworker-1 8\n")
+    variables, message = BAD_MANY_MACHINES[case]
+    variables = {key: value.format(**files) for key, value in variables.items()}
+    result = subprocess.run(["bash", str(SCRIPTS / "finetune.sh")], env=gpu_env(eight_gpus, **variables),
+                            capture_output=True, text=True, timeout=60)
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr.splitlines() == ["mvlm: " + message.format(**files)]
 
 
 def test_deepspeed_configs_have_llavas_keys_and_no_optimizer():
