@@ -1,12 +1,13 @@
 """Training throughput of mvlm's stage-2 step: tokens/s, step time and peak memory, as ratios to a baseline
 measured in the same run (padded batches with SDPA attention).
 
-Models are random, built from configs (nothing is downloaded): `tiny` is the test suite's model, `small`
-a Llama-shaped 1024-wide, 12-layer LM with a ViT-B-sized tower at 336 px (576 image tokens). The data is
+Models are random, built from configs (nothing is downloaded): `tiny` is the test suite's model (4 image
+tokens), `tiny-llava` a 128-wide, 4-layer LM with a 2-layer tower at 336 px (576 image tokens, LLaVA-shaped
+sequences at CPU cost), `small` a Llama-shaped 1024-wide, 12-layer LM with a ViT-B-sized tower. The data is
 the synthetic coloured-squares task with every third sample text-only, so batches mix long (image)
 and short (text) samples as LLaVA's mix665k does.
 
-    python bench/train_throughput.py --size tiny                      # CPU, fp32
+    python bench/train_throughput.py --size tiny-llava                # CPU, fp32
     python bench/train_throughput.py --size small --dtype bf16        # GPU
 """
 
@@ -30,12 +31,27 @@ from transformers import CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaFo
 from mvlm.data.dataset import DataConfig, LazySupervisedDataset, SupervisedCollator  # noqa: E402
 from mvlm.data.formats import load_samples  # noqa: E402
 from mvlm.model.builder import build_model  # noqa: E402
+from mvlm.model.packed_attention import PACKED_ATTENTIONS, PER_SAMPLE, VARLEN, use_packed_attention  # noqa: E402
 
-VARIANTS = {  # name: (attention, packing)
-    "padded-sdpa": ("sdpa", False),
-    "packed-sdpa": ("sdpa", True),
-    "padded-eager": ("eager", False),
-    "packed-flash": ("flash_attention_2", True),
+VARIANTS = {  # name: (attention the model is built with, attention of packed batches; None: padded batches)
+    "padded-sdpa": ("sdpa", None),
+    "padded-eager": ("eager", None),
+    "packed-per-sample": ("sdpa", PER_SAMPLE),
+    "packed-varlen": ("sdpa", VARLEN),
+    "packed-flash": ("flash_attention_2", "flash_attention_2"),
+}
+DEFAULT_VARIANTS = {"cpu": "padded-sdpa,packed-per-sample,padded-eager",
+                    "cuda": "padded-sdpa,packed-varlen,packed-per-sample,packed-flash"}
+
+
+# size: (LM shape, tower shape); every tower is 336 px with 14 px patches, so an image is 576 tokens as in LLaVA-1.5.
+SHAPES = {
+    "tiny-llava": (dict(hidden_size=128, intermediate_size=256, num_hidden_layers=4, num_attention_heads=4,
+                        num_key_value_heads=2),
+                   dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)),
+    "small": (dict(hidden_size=1024, intermediate_size=2816, num_hidden_layers=12, num_attention_heads=16,
+                   num_key_value_heads=16),
+              dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12)),
 }
 
 
@@ -43,30 +59,31 @@ def write_models(size: str, root: str) -> tuple[str, str]:
     if size == "tiny":
         return (tiny.save_llm("llama", os.path.join(root, "llm")),
                 tiny.save_vision_tower("clip", os.path.join(root, "tower")))
+    llm_shape, tower_shape = SHAPES[size]
     tokenizer = tiny.train_tokenizer("sentencepiece", True)
     torch.manual_seed(0)
-    llm = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=1024, intermediate_size=2816,
-                                       num_hidden_layers=12, num_attention_heads=16, num_key_value_heads=16,
-                                       max_position_embeddings=4096))
+    llm = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), max_position_embeddings=4096, **llm_shape))
     llm.save_pretrained(os.path.join(root, "llm"))
     tokenizer.save_pretrained(os.path.join(root, "llm"))
-    tower = CLIPVisionModel(CLIPVisionConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-                                             num_attention_heads=12, image_size=336, patch_size=14))
+    tower = CLIPVisionModel(CLIPVisionConfig(image_size=336, patch_size=14, **tower_shape))
     tower.save_pretrained(os.path.join(root, "tower"))
     return os.path.join(root, "llm"), os.path.join(root, "tower")
 
 
-def measure(llm: str, tower: str, data: str, folder: str, attention: str, packing: bool, args) -> dict[str, float]:
+def measure(llm: str, tower: str, data: str, folder: str, attention: str, packed: str | None,
+            args) -> dict[str, float]:
     device = torch.device(args.device)
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
     torch.manual_seed(0)
     model, tokenizer, image_processor = build_model(llm, tower, torch_dtype=dtype, attn_implementation=attention)
     model.to(device).train()
+    if packed is not None:  # as training with --packing sets it up
+        use_packed_attention(model, packed if packed in PACKED_ATTENTIONS else None, device)
     model.vision_tower.requires_grad_(False)
     dataset = LazySupervisedDataset(load_samples(data), tokenizer, image_processor,
                                     DataConfig(template="vicuna_v1", num_image_tokens=model.num_image_tokens,
                                                image_folder=folder, max_length=args.max_length))
-    collator = SupervisedCollator(tokenizer.pad_token_id, pack_to=args.max_length if packing else None)
+    collator = SupervisedCollator(tokenizer.pad_token_id, packing=packed is not None)
 
     def collate(features):
         return collator(features), sum(len(feature["input_ids"]) for feature in features)
@@ -83,7 +100,7 @@ def measure(llm: str, tower: str, data: str, folder: str, attention: str, packin
         except StopIteration:
             batches = iter(loader)
             batch, real_tokens = next(batches)
-        batch = {key: value.to(device) for key, value in batch.items()}
+        batch = {key: value.to(device) if isinstance(value, torch.Tensor) else value for key, value in batch.items()}
         _sync(device)
         start = time.perf_counter()
         loss = model(**batch).loss
@@ -107,7 +124,7 @@ def _sync(device: torch.device) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", choices=["tiny", "small"], default="tiny")
+    parser.add_argument("--size", choices=["tiny", *SHAPES], default="tiny")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
     parser.add_argument("--batch-size", type=int, default=8)
@@ -115,23 +132,25 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=96)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--variants", default="padded-sdpa,packed-sdpa,padded-eager")
+    parser.add_argument("--variants", default=None, help=f"comma-separated, from {', '.join(VARIANTS)}; "
+                                                          f"default: {DEFAULT_VARIANTS}")
     args = parser.parse_args()
+    args.variants = args.variants or DEFAULT_VARIANTS[torch.device(args.device).type]
     with tempfile.TemporaryDirectory() as root:
         llm, tower = write_models(args.size, root)
         data = synthetic.write_dataset(os.path.join(root, "data"), args.samples, seed=0, kind="qa", text_only_every=3)
         print(f"size={args.size} device={args.device} dtype={args.dtype} batch={args.batch_size}")
         baseline = None
         for name in args.variants.split(","):
-            attention, packing = VARIANTS[name]
+            attention, packed = VARIANTS[name]
             try:
-                result = measure(llm, tower, data, os.path.join(root, "data"), attention, packing, args)
-            except (ImportError, ValueError) as error:  # e.g. flash-attn not installed
-                print(f"{name:14s} unavailable: {str(error).splitlines()[0]}")
+                result = measure(llm, tower, data, os.path.join(root, "data"), attention, packed, args)
+            except (ImportError, ValueError) as error:  # e.g. flash-attn not installed, no varlen kernel here
+                print(f"{name:18s} unavailable: {str(error).splitlines()[0]}")
                 continue
             baseline = baseline or result
             ratios = " ".join(f"{key}={value:.4g} ({value / baseline[key]:.2f}x)" for key, value in result.items())
-            print(f"{name:14s} {ratios}", flush=True)
+            print(f"{name:18s} {ratios}", flush=True)
 
 
 if __name__ == "__main__":

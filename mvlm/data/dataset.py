@@ -20,7 +20,7 @@ from transformers import PreTrainedTokenizerBase
 from mvlm.constants import IGNORE_INDEX
 from mvlm.data.formats import load_sample_images
 from mvlm.data.images import ImageError, process_images
-from mvlm.data.packing import pack_rows, packed_tensors
+from mvlm.data.packing import packed_batch
 from mvlm.data.tokenize import SampleError, sample_id, sample_images, tokenize_sample
 
 SKIPPED_KEY = "skipped_sample_indices"
@@ -127,21 +127,15 @@ def _turn_texts(sample: dict[str, Any]) -> list[str]:
 class SupervisedCollator:
     """Right-pads a batch; the attention mask comes from the true lengths (pad may equal EOS).
 
-    With `pack_to` (--packing) the batch's samples are packed into as few rows of at most `pack_to`
-    tokens as they fit in, with restarting position ids instead of an attention mask (see `packing`).
+    With `packing` (--packing) the whole batch becomes one row without padding, with the samples'
+    boundaries instead of an attention mask (see `mvlm.data.packing`).
     """
 
     pad_token_id: int
-    pack_to: int | None = None
+    packing: bool = False
 
-    def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        if self.pack_to is not None:
-            rows = [[features[index] for index in row]
-                    for row in pack_rows([len(feature["input_ids"]) for feature in features], self.pack_to)]
-            batch = packed_tensors(rows, self.pad_token_id)
-            features = [feature for row in rows for feature in row]  # images in the order their tokens now stand
-        else:
-            batch = self._padded(features)
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        batch = packed_batch(features) if self.packing else self._padded(features)
         pixel_values = [feature["pixel_values"] for feature in features if feature["pixel_values"] is not None]
         if pixel_values:
             batch["pixel_values"] = torch.cat(pixel_values)

@@ -43,7 +43,8 @@ class ModelArguments:
     mm_vision_tower_lr: float | None = dataclasses.field(default=None, metadata={"help": "Learning rate of the tower."})
     lora_vision_tower: bool = dataclasses.field(default=False, metadata={"help": "LoRA on the vision tower (XTuner)."})
     attn_implementation: str | None = dataclasses.field(
-        default=None, metadata={"help": "flash_attention_2, sdpa or eager; default: the best available."}
+        default=None, metadata={"help": "flash_attention_2, sdpa or eager; default: the best available. With "
+                                        "--packing also mvlm_varlen (CUDA) or mvlm_per_sample (any device)."}
     )
     mm_use_im_start_end: bool = dataclasses.field(default=False, metadata={"help": "LLaVA flag; only False."})
     mm_use_im_patch_token: bool = dataclasses.field(default=False, metadata={"help": "LLaVA flag; only False."})
@@ -75,8 +76,8 @@ class DataArguments:
     lazy_preprocess: bool = dataclasses.field(default=True, metadata={"help": "Accepted for LLaVA scripts; always lazy."})
     is_multimodal: bool = dataclasses.field(default=True, metadata={"help": "Accepted for LLaVA scripts."})
     packing: bool = dataclasses.field(
-        default=False, metadata={"help": "Pack several samples per row up to --model_max_length (attention stays "
-                                         "within each sample)."}
+        default=False, metadata={"help": "Each batch as one row without padding, with its samples' boundaries "
+                                         "(attention stays within each sample)."}
     )
     skip_bad_samples: bool = dataclasses.field(
         default=False, metadata={"help": "Skip and count bad samples instead of stopping at the first one."}

@@ -15,6 +15,7 @@ from transformers.utils import is_flash_attn_2_available
 from mvlm.model.builder import build_model, is_full_checkpoint, quantization_config
 from mvlm.model.lora import add_lora
 from mvlm.model.modeling import LlavaForCausalLM
+from mvlm.model.packed_attention import PACKED_ATTENTIONS, use_packed_attention
 from mvlm.model.projector_weights import load_projector_weights
 from mvlm.train.arguments import DataArguments, ModelArguments, TrainingArguments
 from mvlm.train.policy import TrainingPolicy
@@ -71,7 +72,11 @@ def load_model_for_training(
     """A fresh model from an LLM + tower, or an mvlm checkpoint to continue; the stage-1 projector if given;
     quantized and wrapped with LoRA adapters when the policy says so."""
     dtype = training_dtype(training_args)
-    attention = default_attn_implementation(model_args.attn_implementation)
+    requested = model_args.attn_implementation
+    if requested in PACKED_ATTENTIONS and not data_args.packing:
+        raise ValueError(f"--attn_implementation {requested} attends within packed rows; add --packing True, or "
+                         "pick flash_attention_2, sdpa or eager")
+    attention = default_attn_implementation(None if requested in PACKED_ATTENTIONS else requested)
     quantization = qlora_config(training_args, policy)
     device_map = {"": training_args.device} if quantization is not None else None
     if is_full_checkpoint(model_args.model_name_or_path):
@@ -95,6 +100,8 @@ def load_model_for_training(
             quantization_config=quantization,
             device_map=device_map,
         )
+    if data_args.packing:  # the language model only: the tower sees whole images, never packed rows
+        use_packed_attention(model, requested if requested in PACKED_ATTENTIONS else None, training_args.device)
     if model_args.pretrain_mm_mlp_adapter:
         load_projector_weights(model, model_args.pretrain_mm_mlp_adapter)
     tokenizer.model_max_length = training_args.model_max_length

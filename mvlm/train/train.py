@@ -55,9 +55,6 @@ def main(argv: list[str] | None = None) -> MvlmTrainer:
         model.enable_input_require_grads()
     logger.info("training policy:\n%s", policy_table(model, policy, training_args.learning_rate))
 
-    if data_args.packing and model.config.text_config._attn_implementation != "flash_attention_2":
-        logger.warning("--packing without flash_attention_2 attends through a block mask, which is slower than "
-                       "padding (bench/train_throughput.py: 0.55x tokens/s with SDPA on an H100)")
     dataset = LazySupervisedDataset(
         samples,
         tokenizer,
@@ -76,9 +73,7 @@ def main(argv: list[str] | None = None) -> MvlmTrainer:
         model=model,
         args=training_args,
         train_dataset=dataset,
-        data_collator=SupervisedCollator(
-            tokenizer.pad_token_id, pack_to=training_args.model_max_length if data_args.packing else None
-        ),
+        data_collator=SupervisedCollator(tokenizer.pad_token_id, packing=data_args.packing),
         processing_class=tokenizer,
         policy=policy,
         image_processor=image_processor,
