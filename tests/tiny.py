@@ -17,6 +17,8 @@ from transformers import (
     CLIPModel,
     CLIPVisionConfig,
     CLIPVisionModel,
+    CohereConfig,
+    Gemma2Config,
     GemmaConfig,
     InternVLVisionConfig,
     InternVLVisionModel,
@@ -99,6 +101,10 @@ def llm_config(family: str, vocab_size: int) -> object:
         return GemmaConfig(num_key_value_heads=1, head_dim=8, **common)
     if family == "qwen2":
         return Qwen2Config(num_key_value_heads=2, tie_word_embeddings=True, **common)
+    if family == "gemma2":  # soft-capping made strong enough to matter at this size
+        return Gemma2Config(num_key_value_heads=1, head_dim=8, final_logit_softcapping=3.0, **common)
+    if family == "cohere":  # scales its logits (by 1/16) after the head
+        return CohereConfig(num_key_value_heads=2, pad_token_id=0, bos_token_id=1, eos_token_id=2, **common)
     raise ValueError(family)
 
 
@@ -111,11 +117,13 @@ FAMILY_TOKENIZER = {
     "qwen2": ("bytelevel", False),
 }
 LLM_FAMILIES = tuple(FAMILY_TOKENIZER)
+# Families only some tests build (the model tests run over LLM_FAMILIES): what the fused loss must handle.
+EXTRA_FAMILY_TOKENIZER = {"gemma2": ("sentencepiece", True), "cohere": ("bytelevel", False)}
 
 
 def save_llm(family: str, folder: str, seed: int = 0) -> str:
     """Write a tiny random causal LM of `family` with its tokenizer to `folder`."""
-    tokenizer = train_tokenizer(*FAMILY_TOKENIZER[family])
+    tokenizer = train_tokenizer(*{**FAMILY_TOKENIZER, **EXTRA_FAMILY_TOKENIZER}[family])
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(llm_config(family, len(tokenizer)))
     if family == "phi":

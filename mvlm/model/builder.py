@@ -127,6 +127,9 @@ def resize_embeddings(model: LlavaForCausalLM, vocab_size: int) -> None:
     if vocab_size <= old_size:
         return
     model.resize_token_embeddings(vocab_size, mean_resizing=False)
+    if isinstance(getattr(model.language_model, "vocab_size", None), int):
+        # Some LMs keep their own copy for the loss (Gemma-2 reshapes its logits by it), which resizing leaves stale.
+        model.language_model.vocab_size = vocab_size
     rows = [model.get_input_embeddings().weight]
     head = model.get_output_embeddings()
     bias = None

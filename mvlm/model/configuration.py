@@ -31,6 +31,10 @@ class MvlmLlavaConfig(PreTrainedConfig):
     conv_mode: str | None = None
     mm_vision_tower: str | None = None
     """Where the tower's pretrained weights came from: what a projector-only (stage-1) checkpoint builds on."""
+    fused_loss: bool = False
+    """True: training-mode forwards with labels compute the loss from the LM's last hidden states, labelled
+    positions only, and return no logits (mvlm.model.fused_loss). `mvlm.train` sets it (--fused_loss, default
+    True); eval-mode forwards and generation never fuse."""
     tie_word_embeddings: bool = False
 
     def __post_init__(self, **kwargs):

@@ -15,6 +15,7 @@ from torch import nn
 from transformers import AutoModel, AutoModelForCausalLM, GenerationMixin, PreTrainedModel
 
 from mvlm.model.configuration import MvlmLlavaConfig
+from mvlm.model.fused_forward import fused_loss_forward
 from mvlm.model.projector import build_projector
 from mvlm.model.vision import image_size, num_image_tokens, select_features, vision_tower_spec
 
@@ -138,7 +139,8 @@ class LlavaForCausalLM(PreTrainedModel, GenerationMixin):
         logits_to_keep: int | torch.Tensor = 0,
         **kwargs: Any,
     ):
-        """Fuse images into the embeddings, then run the language model (which also computes the loss).
+        """Fuse images into the embeddings, then run the language model (which also computes the loss; in
+        training with `config.fused_loss`, from its last hidden states without logits: `logits` is then None).
 
         A KV cache travels in `kwargs` under whichever name the installed transformers uses
         (`past_key_values`, or `cache` in newer releases, which warn on every call given the old name).
@@ -150,6 +152,12 @@ class LlavaForCausalLM(PreTrainedModel, GenerationMixin):
         if use_cache is None and labels is not None:
             # A loss needs no cache, and with one transformers ignores packed rows' restarting position_ids.
             use_cache = False
+        if labels is not None and self.training and self.config.fused_loss:
+            # The loss from the last hidden states, no logits (mvlm.model.fused_loss); None: LM unsupported.
+            fused = fused_loss_forward(self.language_model, inputs_embeds, labels, attention_mask=attention_mask,
+                                       position_ids=position_ids, use_cache=use_cache, **kwargs)
+            if fused is not None:
+                return fused
         return self.language_model(
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,

@@ -39,3 +39,14 @@ def gathered(params: Iterable[torch.Tensor], modify: bool = False) -> Iterator[N
 
     with deepspeed.zero.GatheredParameters(partitioned, modifier_rank=0 if modify else None):
         yield
+
+
+@contextlib.contextmanager
+def readable(params: Iterable[torch.Tensor]) -> Iterator[None]:
+    """Whole tensors of `params` for reading inside a forward pass (all ranks at once, as `gathered`).
+
+    Only partitioned parameters that no module holds gathered right now are gathered: DeepSpeed keeps small
+    ("persistent") parameters and those of a running module whole, and refuses to release them at the end.
+    """
+    with gathered([param for param in params if is_partitioned(param) and param.ds_status.name == "NOT_AVAILABLE"]):
+        yield

@@ -2,7 +2,7 @@
 
 Everything `transformers.TrainingArguments` has (deepspeed, bf16, gradient checkpointing, saving,
 logging, resume, report_to) works as usual; the fields below are LLaVA's, plus a few of mvlm's own
-(`--lora_vision_tower`, `--mm_vision_tower_lr`, `--packing`, `--skip_bad_samples`).
+(`--lora_vision_tower`, `--mm_vision_tower_lr`, `--packing`, `--skip_bad_samples`, `--fused_loss`).
 """
 
 from __future__ import annotations
@@ -92,6 +92,11 @@ class TrainingArguments(transformers.TrainingArguments):
     mm_projector_lr: float | None = dataclasses.field(default=None, metadata={"help": "Learning rate of the projector."})
     group_by_modality_length: bool = dataclasses.field(
         default=False, metadata={"help": "Batches of similar length, image and text-only samples apart."}
+    )
+    fused_loss: bool = dataclasses.field(
+        default=True, metadata={"help": "Loss from the LM's last hidden states in chunks, labelled positions only, "
+                                        "without the full logits (Liger's kernel on CUDA when installed). False: "
+                                        "the LM's own loss."}
     )
     lora_enable: bool = False
     lora_r: int = 64

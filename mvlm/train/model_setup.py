@@ -109,6 +109,7 @@ def load_model_for_training(
     model.config.image_aspect_ratio = data_args.image_aspect_ratio
     model.config.image_grid_pinpoints = data_args.image_grid_pinpoints
     model.config.use_cache = False
+    model.config.fused_loss = training_args.fused_loss
     if quantization is not None:
         model = prepare_model_for_kbit_training(
             model, use_gradient_checkpointing=training_args.gradient_checkpointing,
