@@ -204,6 +204,8 @@ def peak_rss_growth_gib(args: argparse.Namespace, name: str) -> float:
     """Peak memory of variant `name` on the CPU: run it alone in a child process, report its RSS growth."""
     command = [sys.executable, os.path.abspath(__file__), "--size", args.size, "--device", "cpu", "--child", name,
                "--steps", "3", "--warmup", "0", "--workdir", args.workdir]
+    if args.batch_size:
+        command += ["--batch-size", str(args.batch_size)]
     result = subprocess.run(command, capture_output=True, text=True, check=True)
     return float(result.stdout.strip().splitlines()[-1])
 
@@ -358,8 +360,10 @@ def report(runners: dict[str, Runner], peaks: dict[str, float], setup: dict, arg
         if padded in runners and packed in runners:
             diff = max(abs(a - b) for a, b in zip(runners[padded].losses, runners[packed].losses))
             checks[f"max_loss_difference_{packed}_vs_{padded}"] = diff
+    first_losses = [runner.losses[0] for runner in runners.values()]
     return {"size": args.size, "device": _device_name(device), "dtype": SIZES[args.size].dtype,
-            "batch_size": SIZES[args.size].batch_size, "warmup_steps": args.warmup, "steps": args.steps,
+            "batch_size": args.batch_size or SIZES[args.size].batch_size,
+            "initial_loss_difference_vs_baseline": max(first_losses) - min(first_losses), "warmup_steps": args.warmup, "steps": args.steps,
             "real_tokens_measured": tokens[False], "bf16_peak_tflops": peak_tflops, "variants": rows,
             "loss_checks": checks}
 
@@ -383,6 +387,8 @@ def print_table(result: dict) -> None:
         if "mfu" in row:
             line += f" {row['mfu']:>5.1%}"
         print(line)
+    print(f"first-step losses of all variants within {result['initial_loss_difference_vs_baseline']:.2e} "
+          "(the same weights and batch)")
     for check, value in result["loss_checks"].items():
         print(f"{check}: {value:.2e}")
 
@@ -394,6 +400,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, of: {', '.join(VARIANTS)}")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--batch-size", type=int, default=None, help="default: the size's (8)")
     parser.add_argument("--peak-tflops", type=float, default=None, help="the GPU's bf16 peak, if not an H100/H200/A100")
     parser.add_argument("--no-memory", action="store_true", help="CPU: skip the per-variant memory runs")
     parser.add_argument("--json", default=None, help="write the results here")
@@ -405,6 +412,8 @@ def main(argv: list[str] | None = None) -> dict | None:
     if unknown:
         parser.error(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
     size = SIZES[args.size]
+    if args.batch_size:
+        size = dataclasses.replace(size, batch_size=args.batch_size)
     device = torch.device(args.device)
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[size.dtype]
     with tempfile.TemporaryDirectory() as scratch:

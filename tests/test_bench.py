@@ -1,0 +1,26 @@
+"""bench/train_speed.py runs end to end and checks what it must: the same samples padded and packed, and packed
+losses equal to padded ones. Its speed figures are not asserted here (they come from the benchmark itself)."""
+
+import json
+import os
+import subprocess
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_train_speed_runs_every_variant_against_transformers_llava(tmp_path):
+    out = tmp_path / "speed.json"
+    result = subprocess.run(
+        [sys.executable, os.path.join(REPO, "bench", "train_speed.py"), "--steps", "2", "--warmup", "0",
+         "--batch-size", "4", "--no-memory", "--json", str(out)],
+        capture_output=True, text=True, timeout=600, env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    measured = json.loads(out.read_text())
+    assert set(measured["variants"]) == {"transformers-llava-padded", "mvlm-padded", "mvlm-padded-full-loss",
+                                         "mvlm-packed", "mvlm-packed-full-loss"}
+    assert measured["variants"]["transformers-llava-padded"]["tokens_per_s_ratio"] == 1.0
+    assert all(row["tokens_per_s"] > 0 for row in measured["variants"].values())
+    assert len(measured["loss_checks"]) == 2 and max(measured["loss_checks"].values()) < 1e-4
+    assert measured["initial_loss_difference_vs_baseline"] < 1e-4  # the same weights as transformers' LLaVA
+    assert "mvlm-packed" in result.stdout and "transformers-llava-padded" in result.stdout
