@@ -17,6 +17,7 @@ from transformers import AutoModel, AutoModelForCausalLM, GenerationMixin, PreTr
 from mvlm.model.configuration import MvlmLlavaConfig
 from mvlm.model.fused_forward import fused_loss_forward
 from mvlm.model.projector import build_projector
+from mvlm.model.tower_depth import run_to_feature_layers
 from mvlm.model.vision import image_size, num_image_tokens, select_features, vision_tower_spec
 
 
@@ -85,10 +86,13 @@ class LlavaForCausalLM(PreTrainedModel, GenerationMixin):
         else:
             pixel_values = pixel_values.reshape(-1, *pixel_values.shape[-3:])
         tower_dtype = next(self.vision_tower.parameters()).dtype
-        outputs = self.vision_tower(pixel_values.to(tower_dtype), output_hidden_states=True, return_dict=True)
+        # Only the layers up to the deepest feature layer run (mvlm.model.tower_depth).
+        hidden_states, layers = run_to_feature_layers(
+            self.vision_tower, pixel_values.to(tower_dtype), self.config.vision_feature_layer
+        )
         features = select_features(
-            outputs.hidden_states,
-            self.config.vision_feature_layer,
+            hidden_states,
+            layers,
             self.config.vision_feature_select_strategy,
             vision_tower_spec(self.config.vision_config).has_cls_token,
         )

@@ -2,8 +2,9 @@
 
 Feature selection is data (`vision_feature_layer`, `vision_feature_select_strategy`); the registry only
 says what differs between towers: whether a CLS token leads the sequence, the default strategy, config
-changes mvlm makes (SigLIP's pooling head is never used, so it is not built), and the preprocessing a
-tower expects when its checkpoint ships no image processor.
+changes mvlm makes (SigLIP's pooling head is never used, so it is not built), the preprocessing a
+tower expects when its checkpoint ships no image processor, and where its encoder layers and final
+modules are (mvlm runs the tower only as deep as the features need: mvlm.model.tower_depth).
 """
 
 from __future__ import annotations
@@ -33,6 +34,10 @@ class VisionTowerSpec:
     image_std: tuple[float, float, float]
     center_crop: bool
     """True when the tower was trained on shortest-edge resize + center crop (CLIP); else a plain resize."""
+    encoder_layers: str
+    """Path of the encoder's layer list, whose outputs are the tower's hidden states (mvlm.model.tower_depth)."""
+    after_encoder: tuple[str, ...]
+    """Modules applied after the encoder layers (final norm, pooling head): mvlm reads none of their outputs."""
 
 
 VISION_TOWERS: dict[str, VisionTowerSpec] = {
@@ -43,6 +48,8 @@ VISION_TOWERS: dict[str, VisionTowerSpec] = {
         image_mean=CLIP_MEAN,
         image_std=CLIP_STD,
         center_crop=True,
+        encoder_layers="encoder.layers",
+        after_encoder=("post_layernorm",),
     ),
     "siglip_vision_model": VisionTowerSpec(
         has_cls_token=False,
@@ -51,6 +58,8 @@ VISION_TOWERS: dict[str, VisionTowerSpec] = {
         image_mean=HALF,
         image_std=HALF,
         center_crop=False,
+        encoder_layers="encoder.layers",
+        after_encoder=("post_layernorm", "head"),
     ),
     "internvl_vision": VisionTowerSpec(
         has_cls_token=True,
@@ -59,6 +68,8 @@ VISION_TOWERS: dict[str, VisionTowerSpec] = {
         image_mean=IMAGENET_MEAN,
         image_std=IMAGENET_STD,
         center_crop=False,
+        encoder_layers="encoder.layer",
+        after_encoder=("layernorm",),
     ),
 }
 

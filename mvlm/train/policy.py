@@ -1,9 +1,10 @@
 """Which parts of the model train, how, and at which learning rate: decided once, as data, from the flags.
 
 The three parts are `vision_tower`, `multi_modal_projector` and `language_model`; each is frozen,
-fully trained, or trained through LoRA adapters. `apply_policy` sets `requires_grad` accordingly,
-`parameter_groups` builds the optimizer groups (per-part learning rates, no weight decay on biases and
-norms), and `policy_table` is what training logs at start.
+fully trained, or trained through LoRA adapters. `apply_policy` sets `requires_grad` accordingly (the
+tower's weights past the feature layer never shape the features and stay frozen), `parameter_groups`
+builds the optimizer groups (per-part learning rates, no weight decay on biases and norms), and
+`policy_table` is what training logs at start.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any, Iterable
 
 from torch import nn
 
+from mvlm.model.tower_depth import unused_tower_modules
 from mvlm.model.zero3 import full_numel
 
 PARTS = ("vision_tower", "multi_modal_projector", "language_model")
@@ -104,7 +106,11 @@ def apply_policy(model: nn.Module, policy: TrainingPolicy) -> None:
     for part in PARTS:
         if policy.part(part).mode == "lora" and part not in with_adapters:
             raise ValueError(f"the policy trains {part} through LoRA, but it has no LoRA adapters")
+    unused = {id(parameter) for _, _, parameter in _unused_tower_parameters(model)}
     for name, parameter in model.named_parameters():
+        if id(parameter) in unused:  # past the feature layer: no gradient reaches it (adapters there too)
+            parameter.requires_grad = False
+            continue
         mode = policy.part(part_of(name)).mode
         if mode != "lora":
             parameter.requires_grad = mode == "full"
@@ -136,4 +142,20 @@ def policy_table(model: nn.Module, policy: TrainingPolicy, learning_rate: float)
         shown_lr = "-" if policy.part(part).mode == "frozen" else f"{lr if lr is not None else learning_rate:g}"
         rows.append((part, policy.part(part).mode, f"{trainable:,}", f"{total:,}", shown_lr))
     widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
-    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) for row in rows)
+    table = "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) for row in rows)
+    unused = _unused_tower_parameters(model)
+    if unused:
+        modules = list(dict.fromkeys(path for path, _, _ in unused))
+        table += (f"\nvision_tower: {', '.join(modules)} ({sum(full_numel(p) for _, _, p in unused):,} parameters) "
+                  "come after the feature layer: frozen, the layers not run")
+    return table
+
+
+def _unused_tower_parameters(model: nn.Module) -> list[tuple[str, str, nn.Parameter]]:
+    """(module path, parameter name, parameter) of the tower weights past the feature layer (PEFT-wrapped or not)."""
+    bare = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return [
+        (path, name, parameter)
+        for path, module in unused_tower_modules(bare.vision_tower, bare.config.vision_feature_layer)
+        for name, parameter in module.named_parameters()
+    ]
