@@ -85,11 +85,11 @@ class Size:
 
 
 SIZES = {
-    "tiny": Size(
-        llm=lambda vocab: LlamaConfig(vocab_size=vocab, hidden_size=256, intermediate_size=688, num_hidden_layers=4,
-                                      num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=2048),
-        tower=lambda: CLIPVisionConfig(hidden_size=64, intermediate_size=256, num_hidden_layers=3,
-                                       num_attention_heads=4, image_size=224, patch_size=14),
+    "tiny": Size(  # LLaVA-1.5's sequence shape (336 px, 14 px patches: 576 image tokens) on a narrow LM
+        llm=lambda vocab: LlamaConfig(vocab_size=vocab, hidden_size=128, intermediate_size=256, num_hidden_layers=4,
+                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096),
+        tower=lambda: CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                       num_attention_heads=2, image_size=336, patch_size=14),
         tower_class=CLIPVisionModel, template="vicuna_v1", dtype="fp32", batch_size=8, max_length=2048,
         vocab_size=1000,
     ),
@@ -192,7 +192,7 @@ class Runner:
         _sync(self.device)
         if timed:
             self.times.append(time.perf_counter() - start)
-        self.losses.append(float(loss))
+        self.losses.append(loss.item())
 
 
 def _sync(device: torch.device) -> None:
