@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import os
-import sys
 
 import pytest
 import torch
 
-sys.path.insert(0, os.path.dirname(__file__))
-
-import tiny  # noqa: E402
-
-from mvlm.model.builder import add_image_token  # noqa: E402
+from mvlm.model.builder import add_image_token
+from tests.helpers import tiny
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(2)

@@ -10,7 +10,7 @@ from transformers import AutoModel, AutoModelForCausalLM, CLIPModel
 
 import mvlm
 from mvlm.model.builder import build_model, checkpoint_kind, load_pretrained_model, save_checkpoint
-from test_model import make_batch
+from tests.test_model import make_batch
 
 
 def saved_keys(folder):

@@ -9,8 +9,6 @@ import random
 
 import pytest
 import torch
-from chat_model import spread_weights
-from tiny import CORPUS
 from transformers import AutoProcessor, LlavaForConditionalGeneration
 
 from mvlm.convert.to_hf import main as to_hf
@@ -18,6 +16,8 @@ from mvlm.demo import data as demo_data
 from mvlm.demo.models import LanguageModelSize, VisionTowerSize, save_language_model, save_vision_tower
 from mvlm.model.builder import build_model, load_pretrained_model, save_checkpoint
 from mvlm.serve.inference import encode_prompt, generate_answers, generation_config, new_conversation
+from tests.helpers.chat_model import spread_weights
+from tests.helpers.tiny import CORPUS
 
 MAX_NEW_TOKENS = 6
 

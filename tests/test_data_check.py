@@ -11,10 +11,10 @@ import pytest
 import torch
 from PIL import Image
 
-import synthetic
 from mvlm.data.check import check_samples, load_length_check, main as check_main
 from mvlm.data.dataset import SKIPPED_KEY, BadSampleError, DataConfig, LazySupervisedDataset, SupervisedCollator
 from mvlm.data.images import anyres_view_count, anyres_views
+from tests.helpers import synthetic
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAX_LENGTH = 64

@@ -1,7 +1,7 @@
 """Two-process training on the CPU: torchrun DDP, DeepSpeed ZeRO-2 and ZeRO-3 (gloo), tiny models.
 
 Each run is a real `torchrun --nproc_per_node 2` subprocess of the training entry point (through
-tests/train_recording_batches.py, which records which batches held images) with a time limit, so a
+tests/helpers/train_recording_batches.py, which records which batches held images) with a time limit, so a
 hang fails the test instead of stalling it. The stage-2 data is two samples, one text-only and one with
 an image, at one sample per process: at every step one rank's batch has no image, which hangs DDP and
 crashes ZeRO-3 unless every rank uses the same parameters. Both stage-2 runs start from the ZeRO-3
@@ -30,11 +30,11 @@ import torch
 import transformers
 from safetensors.torch import load_file
 
-import synthetic
 from mvlm.model.builder import build_model, load_pretrained_model
+from tests.helpers import synthetic
 
 REPO = Path(__file__).resolve().parents[1]
-RECORDER = Path(__file__).with_name("train_recording_batches.py")
+RECORDER = Path(__file__).parent / "helpers" / "train_recording_batches.py"
 RUN_TIMEOUT = 240  # seconds; a run takes about 25
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
 PROJECTOR_KEYS = sorted(f"multi_modal_projector.linear_{i}.{kind}" for i in (1, 2) for kind in ("weight", "bias"))

@@ -10,11 +10,11 @@ import torch
 import torch.nn.functional as F
 from transformers.loss.loss_utils import ForCausalLMLoss
 
-import synthetic
 from mvlm.constants import IGNORE_INDEX
 from mvlm.model.builder import build_model
 from mvlm.model.fused_loss import causal_lm_loss
 from mvlm.train.train import main
+from tests.helpers import synthetic
 
 TOLERANCE = dict(atol=1e-5, rtol=1e-5)
 

@@ -1,5 +1,5 @@
 """Loading HuggingFace LLaVA, official LLaVA, Mipha and XTuner folders (built from tiny random parts as
-those projects lay them out, see foreign_formats.py): same logits (atol 1e-4) and greedy tokens as the
+those projects lay them out, see tests/helpers/foreign_formats.py): same logits (atol 1e-4) and greedy tokens as the
 model they hold, decided by config and files, and `python -m mvlm.convert.to_mvlm` on them."""
 
 import json
@@ -19,11 +19,11 @@ from transformers import (
     SiglipVisionModel,
 )
 
-import foreign_formats
 from mvlm.convert.formats import detect_format
 from mvlm.model.builder import build_model, load_pretrained_model
 from mvlm.model.modeling import LlavaForCausalLM
-from test_model import make_batch
+from tests.helpers import foreign_formats
+from tests.test_model import make_batch
 
 ATOL = 1e-4
 

@@ -12,8 +12,8 @@ from safetensors.torch import load_file
 from mvlm.model.builder import build_model, load_pretrained_model, save_checkpoint
 from mvlm.model.lora import ADAPTER_FILE, NON_LORA_FILE
 from mvlm.train.train import main
-from test_model import make_batch
-from test_train import common_flags, data, initial_state  # noqa: F401  (data is a fixture)
+from tests.test_model import make_batch
+from tests.test_train import common_flags, data, initial_state  # noqa: F401  (data is a fixture)
 
 LORA = ("--version", "vicuna_v1", "--lora_enable", "True", "--lora_r", "4", "--lora_alpha", "8",
         "--learning_rate", "1e-2", "--mm_projector_lr", "1e-3")

@@ -14,8 +14,8 @@ from mvlm.convert.merge_lora import merge_lora
 from mvlm.model.builder import build_model, checkpoint_kind, load_pretrained_model
 from mvlm.model.projector_weights import load_projector_weights
 from mvlm.train.train import main
-from test_lora import LORA, bare, logits_of
-from test_train import common_flags, data  # noqa: F401  (data is a fixture)
+from tests.test_lora import LORA, bare, logits_of
+from tests.test_train import common_flags, data  # noqa: F401  (data is a fixture)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

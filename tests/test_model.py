@@ -9,11 +9,11 @@ import torch.nn.functional as F
 from transformers import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
-import tiny
 from mvlm.constants import IGNORE_INDEX
 from mvlm.model.builder import build_model
 from mvlm.model.projector import MlpGeluProjector, build_projector
 from mvlm.model.vision import num_image_tokens
+from tests.helpers import tiny
 
 
 def make_batch(model, tokenizer, num_images=1, text=(5, 6, 7, 8)):

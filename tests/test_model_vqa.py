@@ -18,7 +18,6 @@ import pytest
 import torch
 from PIL import Image
 
-from chat_model import loaded, model_dir, save_chat_checkpoint  # noqa: F401 (loaded, model_dir: fixtures)
 from mvlm.conversation import get_conversation
 from mvlm.data.images import process_images
 from mvlm.data.tokenize import tokenize_prompt
@@ -31,6 +30,7 @@ from mvlm.serve.inference import (
     generation_config,
     left_padded_batch,
 )
+from tests.helpers.chat_model import loaded, model_dir, save_chat_checkpoint  # noqa: F401 (loaded, model_dir: fixtures)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REFERENCE = "/work/shared/eval-reference"

@@ -4,11 +4,11 @@ import random
 
 import torch
 
-import synthetic
 from mvlm.data.dataset import DataConfig, LazySupervisedDataset
 from mvlm.data.formats import load_samples
 from mvlm.model.builder import build_model
 from mvlm.train.sampler import ModalityLengthGroupedSampler, modality_grouped_indices
+from tests.helpers import synthetic
 
 
 def batches_of(order, batch_size):

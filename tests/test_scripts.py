@@ -22,8 +22,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import synthetic
 from mvlm.model.builder import load_pretrained_model
+from tests.helpers import synthetic
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 SCRIPT_NAMES = ("pretrain.sh", "finetune.sh", "finetune_lora.sh", "finetune_qlora.sh")

@@ -15,8 +15,6 @@ import torch
 from PIL import Image
 from transformers import StopStringCriteria
 
-import tiny
-from chat_model import spread_weights
 from mvlm.conversation import get_conversation
 from mvlm.model.builder import build_model, save_checkpoint
 from mvlm.serve.inference import (
@@ -27,6 +25,8 @@ from mvlm.serve.inference import (
     generation_config,
     stop_criteria,
 )
+from tests.helpers import tiny
+from tests.helpers.chat_model import spread_weights
 
 KINDS = ("bytelevel", "sentencepiece", "wordpiece", "wordlevel")
 MAX_NEW = 12

@@ -13,6 +13,7 @@ from mvlm.data.tokenize import (
     tokenize_prompt,
     tokenize_sample,
 )
+from tests.helpers import tiny
 
 N = 3  # image tokens per image in these tests
 TOKENIZERS = [("sentencepiece", True), ("sentencepiece", False), ("bytelevel", False), ("bytelevel", True)]
@@ -214,7 +215,5 @@ def test_bos_prefix_follows_the_tokenizer(tokenizers):
 
 
 def test_tokenizer_without_image_token_is_refused():
-    import tiny
-
     with pytest.raises(ValueError, match="add_image_token"):
         tokenize_sample(SAMPLE, tiny.train_tokenizer("bytelevel", False), "vicuna_v1", N)

@@ -11,8 +11,6 @@ from PIL import Image
 from safetensors.torch import load_file
 from transformers import LlavaForConditionalGeneration
 
-import synthetic
-import tiny
 from mvlm.convert.to_hf import export_to_hf
 from mvlm.data.images import process_images
 from mvlm.model.builder import build_model, load_pretrained_model
@@ -21,6 +19,8 @@ from mvlm.model.tower_depth import encoder_layers
 from mvlm.model.vision import select_features
 from mvlm.train.policy import apply_policy, parameter_groups, policy_from_flags, policy_table
 from mvlm.train.train import main
+from tests.helpers import synthetic
+from tests.helpers import tiny
 
 # Per tower kind (3 encoder layers each): the layer list, and what comes after the encoder.
 LAYERS = {"clip": "encoder.layers", "siglip": "encoder.layers", "internvit": "encoder.layer"}

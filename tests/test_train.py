@@ -9,9 +9,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import synthetic
 from mvlm.model.builder import load_pretrained_model
 from mvlm.train.train import main
+from tests.helpers import synthetic
 
 
 def common_flags(checkpoints, data_path, image_folder, output_dir, *extra):

@@ -1,0 +1,1 @@
+"""Test helpers: tiny checkpoints, synthetic data and foreign checkpoint layouts, imported as tests.helpers.*."""
