@@ -29,7 +29,7 @@ from tests.helpers import tiny
 from tests.helpers.chat_model import spread_weights
 
 KINDS = ("bytelevel", "sentencepiece", "wordpiece", "wordlevel")
-MAX_NEW = 12
+MAX_NEW = 16
 QUESTIONS = (("What color is the square?", (200, 30, 30)), ("Describe the picture briefly.", (30, 30, 200)))
 
 
@@ -86,20 +86,23 @@ def new_text(tokenizer, ids):
 
 
 def stop_string_inside(tokenizer, ids):
-    """The decoded text of two ordinary generated tokens in the middle of `ids`, and where they end.
+    """The text that two ordinary generated tokens in the middle of `ids` add to the answer, and where they end.
 
-    It ends on a token boundary, as a template's stop string written by the model does, and reads the same
-    in the whole answer (a random model also writes lone bytes of byte-fallback vocabularies, which decode
-    differently beside their neighbours: those are not taken).
+    It ends on a token boundary, as a template's stop string written by the model does, first appears once
+    both tokens are there, and reads the same in the whole answer (a random model also writes lone bytes of
+    byte-fallback vocabularies and WordPiece continuations, which decode differently beside their neighbours:
+    those are not taken).
     """
     special = set(tokenizer.all_special_ids)
     whole = (new_text(tokenizer, ids), tokenizer.decode(ids, skip_special_tokens=True))
-    for end in range(5, len(ids) - 1):
-        pair = ids[end - 2 : end]
-        text = new_text(tokenizer, pair).strip()
-        readable = len(text) >= 2 and "\ufffd" not in text and not special.intersection(pair)
-        if readable and all(text in decoded for decoded in (new_text(tokenizer, ids[:end]), *whole)):
-            return text, end
+    for end in range(4, len(ids) - 1):
+        before, text = new_text(tokenizer, ids[: end - 2]), new_text(tokenizer, ids[:end])
+        if special.intersection(ids[end - 2 : end]) or not text.startswith(before):
+            continue
+        stop = text[len(before) :].strip()
+        readable = len(stop) >= 2 and "\ufffd" not in stop and all(stop in decoded for decoded in whole)
+        if readable and first_end(tokenizer, ids, stop) == end:
+            return stop, end
     raise AssertionError(f"no ordinary token pair in {ids}")
 
 
