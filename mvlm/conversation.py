@@ -6,27 +6,18 @@ LLaVA users' scripts do `conv = conv_templates[name].copy()`, `conv.append_messa
 re-tokenizing the whole prompt and subtracting lengths. `get_prompt()` is only the pieces joined, so the
 string and the labels cannot disagree.
 
-Each template renders byte-for-byte as its source project does (LLaVA, Mipha, XTuner, LLaVA-NeXT).
+Each template renders byte-for-byte as its source project does (LLaVA, Mipha, XTuner, LLaVA-NeXT). What a
+separator style writes is defined once, in `mvlm.chat_format`, which the exported Jinja chat templates
+(`mvlm.convert.chat_template`) are generated from as well.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from enum import Enum, auto
 from typing import Any, NamedTuple
 
+from mvlm.chat_format import LAYOUTS, Parts, SeparatorStyle, Slot, write
 from mvlm.constants import DEFAULT_IMAGE_TOKEN
-
-
-class SeparatorStyle(Enum):
-    """How a template joins turns; each style is one rendering function below."""
-
-    TWO = auto()  # LLaVA v1 / Vicuna: "SYSTEM USER: q ASSISTANT: a</s>"
-    MPT = auto()  # ChatML without newlines between turns, as LLaVA renders it
-    PLAIN = auto()  # stage-1 captioning: image tokens + caption + sep
-    LLAMA_2 = auto()  # "[INST] <<SYS>>..<</SYS>> q [/INST] a </s>"
-    HEADER = auto()  # role headers from a format string (XTuner phi3_chat, Llama-3)
-    CHAT_TEMPLATE = auto()  # the tokenizer's own jinja chat_template
 
 
 class Piece(NamedTuple):
@@ -69,11 +60,9 @@ class Conversation:
     @property
     def stop_str(self) -> str | None:
         """The text that ends an assistant answer (what a chat front-end stops streaming at)."""
-        if self.sep_style in (SeparatorStyle.TWO, SeparatorStyle.LLAMA_2):
-            return self.sep2
         if self.sep_style is SeparatorStyle.CHAT_TEMPLATE:
             return None
-        return self.sep
+        return self.sep2 if LAYOUTS[self.sep_style].stop is Slot.SEP2 else self.sep
 
     def pieces(self) -> list[Piece]:
         """The rendered conversation as pieces; joined, they are exactly `get_prompt()`."""
@@ -85,10 +74,32 @@ class Conversation:
                     f"template {self.version!r}: message {index} has role {role!r}, expected {expected!r} "
                     "(turns must alternate user, assistant, starting with the user)"
                 )
-            if message is None and index != len(messages) - 1:
-                raise ValueError(f"template {self.version!r}: only the last message may be open (None)")
-        render = _RENDERERS[self.sep_style]
-        return [piece for piece in render(self, messages) if piece.text]
+            if message is None and (index != len(messages) - 1 or index % 2 == 0):
+                raise ValueError(f"template {self.version!r}: only the last message may be open (None), "
+                                 "and only if it is the assistant's")
+        if self.sep_style is SeparatorStyle.CHAT_TEMPLATE:
+            pieces = _render_chat_template(self, messages)
+        else:
+            pieces = _render_layout(self, messages)
+        return [piece for piece in pieces if piece.text]
+
+    def template_text(self, slot: Slot, speaker: int) -> str:
+        """The template's own text for `slot` in a turn of `speaker` (0 the user, 1 the assistant); for
+        SYSTEM, the system text. The exported Jinja takes its constants from here too, so both renderings
+        fill a slot alike. TEXT and IMAGES are the turn's, not the template's."""
+        if slot is Slot.SYSTEM:
+            return self.system
+        if slot is Slot.SYSTEM_HEADER:
+            return self.role_format.format(role=self.system_role)
+        if slot is Slot.ROLE:
+            return self.roles[speaker]
+        if slot is Slot.HEADER:
+            return self.role_format.format(role=self.roles[speaker])
+        if slot is Slot.SEP:
+            return self.sep
+        if slot is Slot.SEP2:
+            return self.sep2 or ""
+        raise ValueError(f"{slot.name} is a turn's text, not the template's")
 
     def dict(self) -> dict[str, Any]:
         return {
@@ -108,69 +119,31 @@ def _message_text(message: Any) -> str | None:
     return message
 
 
-def _render_two(conv: Conversation, messages: list[tuple[str, str | None]]) -> list[Piece]:
-    pieces = [Piece(conv.system + conv.sep, False)]
-    for index, (role, message) in enumerate(messages):
-        if index % 2 == 0:
-            pieces.append(Piece(f"{role}: {message}{conv.sep}", False))
-        elif message is None:
-            pieces.append(Piece(f"{role}:", False))
-        else:
-            pieces += [Piece(f"{role}:", False), Piece(f" {message}{conv.sep2}", True)]
-    return pieces
+def _render_layout(conv: Conversation, messages: list[tuple[str, str | None]]) -> list[Piece]:
+    """Pieces of a style from its one definition (`mvlm.chat_format.LAYOUTS`): a piece per layout field
+    written, the answer the only target. An open assistant turn is its header alone."""
+    layout = LAYOUTS[conv.sep_style]
 
+    def text(parts: Parts, speaker: int, message: str = "") -> str:
+        def value(slot: Slot) -> str:
+            if slot is Slot.TEXT:
+                return message
+            if slot is Slot.IMAGES:
+                return DEFAULT_IMAGE_TOKEN * message.count(DEFAULT_IMAGE_TOKEN)
+            return conv.template_text(slot, speaker)
 
-def _render_mpt(conv: Conversation, messages: list[tuple[str, str | None]]) -> list[Piece]:
-    pieces = [Piece(conv.system + conv.sep, False)]
-    for index, (role, message) in enumerate(messages):
-        if index % 2 == 0:
-            pieces.append(Piece(f"{role}{message}{conv.sep}", False))
-        else:
-            pieces.append(Piece(role, False))
-            if message is not None:
-                pieces.append(Piece(f"{message}{conv.sep}", True))
-    return pieces
+        return write(parts, value)
 
-
-def _render_plain(conv: Conversation, messages: list[tuple[str, str | None]]) -> list[Piece]:
-    """Stage-1 format: the user turn contributes only its images (its words are dropped, as LLaVA does)."""
-    pieces = [Piece(conv.system, False)]
+    pieces = [Piece(text(layout.prologue, 0), False)]
     for index, (_role, message) in enumerate(messages):
         if index % 2 == 0:
-            pieces.append(Piece(DEFAULT_IMAGE_TOKEN * message.count(DEFAULT_IMAGE_TOKEN), False))
-        elif message is not None:
-            pieces.append(Piece(message + conv.sep, True))
-    return pieces
-
-
-def _render_llama_2(conv: Conversation, messages: list[tuple[str, str | None]]) -> list[Piece]:
-    """LLaVA's LLAMA_2 style; like LLaVA, the very first `sep` is left out (its `ret.lstrip(sep)`)."""
-    pieces = []
-    for index, (_role, message) in enumerate(messages):
-        if index % 2 == 0:
-            if index == 0 and conv.system:
-                message = f"<<SYS>>\n{conv.system}\n<</SYS>>\n\n{message}"
-            opening = "" if index == 0 else conv.sep
-            pieces.append(Piece(f"{opening}[INST] {message} [/INST]", False))
-        elif message is not None:
-            pieces.append(Piece(f" {message} {conv.sep2}", True))
-    return pieces
-
-
-def _render_header(conv: Conversation, messages: list[tuple[str, str | None]]) -> list[Piece]:
-    """Role headers: `header(role) + text + sep` per turn, then `sep2`; the answer and its `sep` are targets."""
-    after_turn = conv.sep2 or ""
-    pieces = []
-    if conv.system:
-        pieces.append(Piece(conv.role_format.format(role=conv.system_role) + conv.system + conv.sep + after_turn, False))
-    for index, (role, message) in enumerate(messages):
-        header = conv.role_format.format(role=role)
-        if index % 2 == 0:
-            pieces.append(Piece(header + message + conv.sep + after_turn, False))
-        else:
-            pieces.append(Piece(header, False))
-            if message is not None:
-                pieces += [Piece(message + conv.sep, True), Piece(after_turn, False)]
+            assert message is not None  # pieces() refuses an open user turn
+            pieces.append(Piece(text(layout.user_parts(index), 0, message), False))
+            continue
+        pieces.append(Piece(text(layout.assistant_header, 1), False))
+        if message is not None:
+            pieces += [Piece(text(layout.answer, 1, message), True),
+                       Piece(text(layout.after_answer, 1, message), False)]
     return pieces
 
 
@@ -230,15 +203,6 @@ def _render_chat_template(conv: Conversation, messages: list[tuple[str, str | No
         rendered = text
     return pieces
 
-
-_RENDERERS = {
-    SeparatorStyle.TWO: _render_two,
-    SeparatorStyle.MPT: _render_mpt,
-    SeparatorStyle.PLAIN: _render_plain,
-    SeparatorStyle.LLAMA_2: _render_llama_2,
-    SeparatorStyle.HEADER: _render_header,
-    SeparatorStyle.CHAT_TEMPLATE: _render_chat_template,
-}
 
 VICUNA_SYSTEM = (
     "A chat between a curious user and an artificial intelligence assistant. "

@@ -1,9 +1,15 @@
-"""Every template renders exactly as its source project does, through LLaVA's Conversation API."""
+"""Every template renders exactly as its source project does, through LLaVA's Conversation API; each
+separator style is defined once, and both the prompt and the exported Jinja chat template follow it."""
+
+import dataclasses
 
 import pytest
 from transformers import PreTrainedTokenizerFast
 
+from mvlm import conversation
+from mvlm.chat_format import LAYOUTS, Layout, SeparatorStyle
 from mvlm.conversation import Piece, conv_templates, get_conversation
+from mvlm.convert import chat_template
 
 VICUNA = (
     "A chat between a curious user and an artificial intelligence assistant. "
@@ -129,3 +135,54 @@ def test_auto_uses_the_tokenizers_chat_template(tokenizers):
     )
     assert [piece.text for piece in conv.pieces() if piece.is_target] == ["A cat.<|im_end|>", "Black.<|im_end|>"]
     assert two_turns("auto", templated).get_prompt().endswith("What color is it?<|im_end|>\n<|im_start|>assistant\n")
+
+
+def test_only_an_assistant_turn_may_be_left_open():
+    conv = get_conversation("vicuna_v1")
+    conv.append_message(conv.roles[0], None)
+    with pytest.raises(ValueError, match="only if it is the assistant's"):
+        conv.get_prompt()
+
+
+def test_every_separator_style_but_the_tokenizers_own_has_exactly_one_layout():
+    """Each style is written once, in mvlm.chat_format.LAYOUTS; CHAT_TEMPLATE is the tokenizer's Jinja."""
+    assert set(LAYOUTS) == set(SeparatorStyle) - {SeparatorStyle.CHAT_TEMPLATE}
+    assert {conv.sep_style for conv in conv_templates.values()} == set(SeparatorStyle)
+    assert chat_template.LAYOUTS is conversation.LAYOUTS is LAYOUTS  # the same definitions, not copies
+
+
+def marked(layout: Layout) -> Layout:
+    """`layout` with a marker in every field, so that a rendering that ignores a field shows it."""
+    return dataclasses.replace(
+        layout,
+        prologue=("[prologue]", *layout.prologue),
+        user=("[user]", *layout.user),
+        first_user=None if layout.first_user is None else ("[first user]", *layout.first_user),
+        assistant_header=("[header]", *layout.assistant_header),
+        answer=("[answer]", *layout.answer),
+        after_answer=(*layout.after_answer, "[after]"),
+    )
+
+
+@pytest.mark.parametrize("name", sorted(set(conv_templates) - {"auto"}))
+def test_python_and_jinja_renderings_both_follow_an_edited_layout(tokenizers, monkeypatch, name):
+    """Editing a style's one definition changes the prompt, the labels and the exported chat template
+    alike: neither rendering spells the style out on its own."""
+    style = conv_templates[name].sep_style
+    monkeypatch.setitem(LAYOUTS, style, marked(LAYOUTS[style]))
+    tokenizer = tokenizers("bytelevel", False)  # writes no BOS, so the Jinja renders exactly the prompt
+    template = chat_template.chat_template_for(name, tokenizer)
+    for close in (False, True):
+        conv = two_turns(name, close=close)
+        messages = [{"role": ("user", "assistant")[index % 2], "content": message}
+                    for index, (_role, message) in enumerate(conv.messages) if message is not None]
+        rendered = tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False,
+                                                 add_generation_prompt=not close)
+        assert rendered == conv.get_prompt()
+        targets = [piece.text for piece in conv.pieces() if piece.is_target]
+        assert len(targets) == (2 if close else 1) and all(text.startswith("[answer]") for text in targets)
+    prompt = conv.get_prompt()
+    expected = {"[prologue]", "[user]", "[header]", "[answer]", "[after]"}
+    if LAYOUTS[style].first_user is not None:
+        expected.add("[first user]")
+    assert all(marker in prompt for marker in expected), prompt

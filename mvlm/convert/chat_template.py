@@ -6,6 +6,10 @@ string `Conversation.get_prompt()` gives for the same turns, images placed as mv
 image's `<image>` followed by a newline at the start of its turn). A leading system message replaces
 the template's system prompt, as it does in mvlm's data. `auto` is the tokenizer's own template.
 
+The Jinja is generated from the style's one definition (`mvlm.chat_format.LAYOUTS`), the same one
+`Conversation.pieces()` renders from, and takes the template's own texts from
+`Conversation.template_text`: nothing here spells out a style, so the two renderings cannot drift apart.
+
 Where the tokenizer puts its BOS first when it encodes a text (Llama's, and mvlm's prompt ids then start
 with it), the template writes `bos_token` first, as transformers' own chat templates do: servers (vLLM)
 and `apply_chat_template(tokenize=True)` tokenize the rendered text with `add_special_tokens=False`, and
@@ -19,6 +23,7 @@ from typing import Any
 
 from jinja2 import TemplateError
 
+from mvlm.chat_format import LAYOUTS, IfSystem, Layout, Parts, Slot
 from mvlm.constants import DEFAULT_IMAGE_TOKEN
 from mvlm.conversation import Conversation, SeparatorStyle, get_conversation
 from mvlm.data.tokenize import bos_prefix
@@ -44,62 +49,71 @@ _PROLOGUE = """
 {%- endif -%}
 """
 
-_BODIES = {
-    SeparatorStyle.TWO: """
-{{- system + SEP -}}
-{%- for message in turns -%}
-{%- if loop.index0 % 2 == 0 -%}{{- USER + ': ' + turn_text(message) + SEP -}}
-{%- else -%}{{- ASSISTANT + ': ' + turn_text(message) + SEP2 -}}
-{%- endif -%}
-{%- endfor -%}
-{%- if add_generation_prompt -%}{{- ASSISTANT + ':' -}}{%- endif -%}
-""",
-    SeparatorStyle.MPT: """
-{{- system + SEP -}}
-{%- for message in turns -%}
-{%- if loop.index0 % 2 == 0 -%}{{- USER + turn_text(message) + SEP -}}
-{%- else -%}{{- ASSISTANT + turn_text(message) + SEP -}}
-{%- endif -%}
-{%- endfor -%}
-{%- if add_generation_prompt -%}{{- ASSISTANT -}}{%- endif -%}
-""",
-    SeparatorStyle.PLAIN: """
-{{- system -}}
-{%- for message in turns -%}
-{%- if loop.index0 % 2 == 0 -%}{{- IMAGE * (image_count(message) | int) -}}
-{%- else -%}{{- turn_text(message) + SEP -}}
-{%- endif -%}
-{%- endfor -%}
-""",
-    SeparatorStyle.LLAMA_2: """
-{%- for message in turns -%}
-{%- if loop.index0 % 2 == 0 -%}
-{%- set text = turn_text(message) -%}
-{%- if loop.first and system -%}{%- set text = '<<SYS>>\\n' + system + '\\n<</SYS>>\\n\\n' + text -%}{%- endif -%}
-{{- ('' if loop.first else SEP) + '[INST] ' + text + ' [/INST]' -}}
-{%- else -%}{{- ' ' + turn_text(message) + ' ' + SEP2 -}}
-{%- endif -%}
-{%- endfor -%}
-""",
-    SeparatorStyle.HEADER: """
-{%- if system -%}{{- SYSTEM_HEADER + system + SEP + SEP2 -}}{%- endif -%}
-{%- for message in turns -%}
-{%- if loop.index0 % 2 == 0 -%}{{- USER_HEADER + turn_text(message) + SEP + SEP2 -}}
-{%- else -%}{{- ASSISTANT_HEADER + turn_text(message) + SEP + SEP2 -}}
-{%- endif -%}
-{%- endfor -%}
-{%- if add_generation_prompt -%}{{- ASSISTANT_HEADER -}}{%- endif -%}
-""",
+def _literal(value: str) -> str:
+    """A Jinja string literal for `value` (Jinja unescapes backslash sequences as Python does)."""
+    return json.dumps(value)
+
+
+_TURN_VALUES = {
+    Slot.SYSTEM: "system",  # the template's, or the leading system message's (set in _PROLOGUE)
+    Slot.TEXT: "turn_text(message)",
+    Slot.IMAGES: "(IMAGE * (image_count(message) | int))",
 }
+"""The Jinja expression of each slot the messages fill; the template's own texts are constants (below)."""
+
+
+def _constant(slot: Slot, speaker: int) -> str:
+    """The name of the Jinja constant that holds the template's text for `slot` in a turn of `speaker`."""
+    if slot in (Slot.ROLE, Slot.HEADER):
+        return ("USER", "ASSISTANT")[speaker] + ("_HEADER" if slot is Slot.HEADER else "")
+    return slot.name
+
+
+_CONSTANT_SLOTS = (Slot.SYSTEM_HEADER, Slot.ROLE, Slot.HEADER, Slot.SEP, Slot.SEP2)
+
+
+def _expression(parts: Parts, speaker: int) -> str:
+    """`parts` as one Jinja expression (in a turn of `speaker`; the prologue's slots belong to no speaker)."""
+    terms = []
+    for part in parts:
+        if isinstance(part, str):
+            terms.append(_literal(part))
+        elif isinstance(part, IfSystem):
+            terms.append(f"(({_expression(part.parts, speaker)}) if system else {_literal('')})")
+        elif part in _TURN_VALUES:
+            terms.append(_TURN_VALUES[part])
+        else:
+            terms.append(_constant(part, speaker))
+    return " + ".join(terms)
+
+
+def _write(parts: Parts, speaker: int) -> str:
+    """The Jinja statement that writes `parts` ('' for none)."""
+    return f"{{{{- {_expression(parts, speaker)} -}}}}" if parts else ""
+
+
+def _body(layout: Layout) -> str:
+    """The Jinja that writes a conversation as `layout` does; `turns` alternate user, assistant."""
+    user = _write(layout.user, 0)
+    if layout.first_user is not None:
+        user = f"{{%- if loop.first -%}}{_write(layout.first_user, 0)}{{%- else -%}}{user}{{%- endif -%}}"
+    assistant = _write(layout.assistant_header + layout.answer + layout.after_answer, 1)
+    lines = [
+        _write(layout.prologue, 0),
+        "{%- for message in turns -%}",
+        f"{{%- if loop.index0 % 2 == 0 -%}}{user}",
+        f"{{%- else -%}}{assistant}",
+        "{%- endif -%}",
+        "{%- endfor -%}",
+    ]
+    if layout.assistant_header:
+        generation_prompt = _write(layout.assistant_header, 1)
+        lines.append(f"{{%- if add_generation_prompt -%}}{generation_prompt}{{%- endif -%}}")
+    return "\n".join(line for line in lines if line)
 
 
 _PROBE = [{"role": "user", "content": "Hi"}]
 """A one-turn conversation, rendered to see how a template's prompts start."""
-
-
-def _literal(value: str) -> str:
-    """A Jinja string literal for `value` (Jinja unescapes backslash sequences as Python does)."""
-    return json.dumps(value)
 
 
 def writes_bos(tokenizer: Any) -> bool:
@@ -144,17 +158,10 @@ def chat_template_for(conv_mode: str, tokenizer: Any = None) -> str | None:
         if not own or "bos_token" in own:  # a template that writes the BOS itself (Llama-3's) is kept as it is
             return own
         return leading_bos(own, tokenizer) + own
-    constants = {
-        "IMAGE": DEFAULT_IMAGE_TOKEN,
-        "SYSTEM": conv.system,
-        "SEP": conv.sep,
-        "SEP2": conv.sep2 or "",
-        "USER": conv.roles[0],
-        "ASSISTANT": conv.roles[1],
-        "SYSTEM_HEADER": conv.role_format.format(role=conv.system_role),
-        "USER_HEADER": conv.role_format.format(role=conv.roles[0]),
-        "ASSISTANT_HEADER": conv.role_format.format(role=conv.roles[1]),
-    }
+    constants = {"IMAGE": DEFAULT_IMAGE_TOKEN, "SYSTEM": conv.template_text(Slot.SYSTEM, 0)}
+    for slot in _CONSTANT_SLOTS:
+        for speaker in (0, 1):
+            constants[_constant(slot, speaker)] = conv.template_text(slot, speaker)
     settings = "".join(f"{{%- set {name} = {_literal(value)} -%}}\n" for name, value in constants.items())
-    template = (settings + _PROLOGUE + _BODIES[conv.sep_style]).strip()
+    template = (settings + _PROLOGUE + _body(LAYOUTS[conv.sep_style])).strip()
     return leading_bos(template, tokenizer) + template
