@@ -8,3 +8,6 @@ DEFAULT_IMAGE_TOKEN = "<image>"
 
 MVLM_MODEL_TYPE = "mvlm_llava"
 """`model_type` of mvlm checkpoints: `import mvlm.model` registers it with AutoConfig and AutoModelForCausalLM."""
+
+LLAVA_SELECT_FEATURES = ("patch", "cls_patch")
+"""LLaVA's `mm_vision_select_feature` values: drop the tower's CLS token, or keep it."""

@@ -34,6 +34,18 @@ class CheckpointError(MvlmError, ValueError):
     """A model folder that cannot be read as what it is meant to be."""
 
 
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+    """A model path that does not exist (or is not a folder)."""
+
+
+class OutputExistsError(FlagError, FileExistsError):
+    """An output path that holds the user's files already: never overwritten."""
+
+
+class ExportError(MvlmError, ValueError):
+    """A model that the target format cannot hold faithfully; the message says why."""
+
+
 class ScoreError(MvlmError, ValueError):
     """Benchmark answers or annotations that a scorer cannot score."""
 

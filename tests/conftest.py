@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-from mvlm.model.builder import add_image_token
+from mvlm.data.processors import add_image_token
 from tests.helpers import tiny
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

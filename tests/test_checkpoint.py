@@ -9,7 +9,8 @@ from safetensors import safe_open
 from transformers import AutoModel, AutoModelForCausalLM, CLIPModel
 
 import mvlm
-from mvlm.model.builder import build_model, checkpoint_kind, load_pretrained_model, save_checkpoint
+from mvlm.loading import checkpoint_kind, load_pretrained_model
+from mvlm.model.builder import build_model, save_checkpoint
 from tests.test_model import make_batch
 
 

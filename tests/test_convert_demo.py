@@ -14,8 +14,9 @@ from transformers import AutoProcessor, LlavaForConditionalGeneration
 from mvlm.convert.to_hf import main as to_hf
 from mvlm.demo import data as demo_data
 from mvlm.demo.models import LanguageModelSize, VisionTowerSize, save_language_model, save_vision_tower
-from mvlm.model.builder import build_model, load_pretrained_model, save_checkpoint
-from mvlm.serve.inference import encode_prompt, generate_answers, generation_config, new_conversation
+from mvlm.loading import load_pretrained_model
+from mvlm.model.builder import build_model, save_checkpoint
+from mvlm.inference import encode_prompt, generate_answers, generation_config, new_conversation
 from tests.helpers.chat_model import spread_weights
 from tests.helpers.tiny import CORPUS
 

@@ -23,7 +23,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, CLIPVisionModel
 from mvlm.demo import data as demo_data
 from mvlm.demo.__main__ import DemoError, child_env, prepare_output
 from mvlm.demo.data import CATEGORIES, CHANCE, Shape
-from mvlm.model.builder import load_pretrained_model
+from mvlm.loading import load_pretrained_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

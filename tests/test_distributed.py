@@ -30,7 +30,9 @@ import torch
 import transformers
 from safetensors.torch import load_file
 
-from mvlm.model.builder import build_model, load_pretrained_model
+from mvlm.loading import load_pretrained_model
+
+from mvlm.model.builder import build_model
 from tests.helpers import synthetic
 
 REPO = Path(__file__).resolve().parents[1]

@@ -19,8 +19,9 @@ from transformers import (
     SiglipVisionModel,
 )
 
-from mvlm.convert.formats import detect_format
-from mvlm.model.builder import build_model, load_pretrained_model
+from mvlm.loading.formats import detect_format
+from mvlm.loading import load_pretrained_model
+from mvlm.model.builder import build_model
 from mvlm.model.modeling import LlavaForCausalLM
 from tests.helpers import foreign_formats
 from tests.test_model import make_batch
@@ -78,7 +79,7 @@ def test_hf_llava_loads_with_transformers_logits(checkpoints, tmp_path, layout):
     from transformers import AutoTokenizer, CLIPImageProcessor, LlavaProcessor
 
     tokenizer = AutoTokenizer.from_pretrained(checkpoints("llm", "llama"))
-    from mvlm.model.builder import add_image_token
+    from mvlm.data.processors import add_image_token
     image_token = add_image_token(tokenizer)
     vision = CLIPVisionModel.from_pretrained(checkpoints("tower", "clip")).config
     text = AutoModelForCausalLM.from_pretrained(checkpoints("llm", "llama")).config

@@ -9,7 +9,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from mvlm.model.builder import build_model, load_pretrained_model, save_checkpoint
+from mvlm.loading import load_pretrained_model
+
+from mvlm.model.builder import build_model, save_checkpoint
 from mvlm.model.lora import ADAPTER_FILE, NON_LORA_FILE
 from mvlm.train.train import main
 from tests.test_model import make_batch

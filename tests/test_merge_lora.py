@@ -11,7 +11,8 @@ from safetensors.torch import load_file
 
 from mvlm.convert.extract_projector import extract_projector
 from mvlm.convert.merge_lora import merge_lora
-from mvlm.model.builder import build_model, checkpoint_kind, load_pretrained_model
+from mvlm.loading import checkpoint_kind, load_pretrained_model
+from mvlm.model.builder import build_model
 from mvlm.model.projector_weights import load_projector_weights
 from mvlm.train.train import main
 from tests.test_lora import LORA, bare, logits_of

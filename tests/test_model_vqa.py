@@ -23,7 +23,7 @@ from mvlm.data.images import process_images
 from mvlm.data.tokenize import tokenize_prompt
 from mvlm.eval import model_vqa, model_vqa_mmbench, model_vqa_science
 from mvlm.eval.runner import SINGLE_PRED_PROMPT, get_chunk, split_list
-from mvlm.serve.inference import (
+from mvlm.inference import (
     batch_pixel_values,
     encode_prompt,
     generate_answers,

@@ -263,7 +263,7 @@ def test_packed_training_equals_padded_training_and_saves_a_plain_checkpoint(che
 import mvlm.model
 from transformers import AttentionInterface, AutoModelForCausalLM, LlavaForConditionalGeneration
 from mvlm.convert.to_hf import main as to_hf
-from mvlm.model.builder import load_pretrained_model
+from mvlm.loading import load_pretrained_model
 assert {PER_SAMPLE!r} not in AttentionInterface._global_mapping
 model = AutoModelForCausalLM.from_pretrained({out!r})
 assert model.config.text_config._attn_implementation == "sdpa", model.config.text_config._attn_implementation

@@ -395,7 +395,7 @@ def test_vizwiz_upload_file_needs_every_answer(tmp_path, capsys):
         score_cli.main(
             ["vizwiz", "--answers", partial, "--question-file", questions, "--upload", str(tmp_path / "x.json")]
         )
-    assert stopped.value.code == 2
+    assert stopped.value.code == 1
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and "1 questions of" in error and "have no answer" in error
     assert not (tmp_path / "x.json").exists()
@@ -737,7 +737,7 @@ def test_bad_answers_file_is_one_line_naming_file_and_line(tmp_path, capsys):
     broken.write_text('{"question_id": 1, "text": "Yes"}\nnot json\n')
     with pytest.raises(SystemExit) as stopped:
         score_cli.main(["gqa", "--answers", str(broken), "--questions", str(tmp_path / "q.json")])
-    assert stopped.value.code == 2
+    assert stopped.value.code == 1
     assert (
         capsys.readouterr().err
         == f"mvlm.eval.score gqa: error: answers file {broken} line 2 is not a JSON object; fix or delete that line\n"

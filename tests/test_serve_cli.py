@@ -25,7 +25,7 @@ from mvlm.conversation import get_conversation
 from mvlm.data.images import process_images
 from mvlm.data.tokenize import tokenize_prompt
 from mvlm.serve import cli
-from mvlm.serve.inference import StopStringStreamer
+from mvlm.inference import StopStringStreamer
 from tests.helpers.chat_model import loaded, model_dir, save_chat_checkpoint  # noqa: F401 (loaded, model_dir: fixtures)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -17,7 +17,7 @@ from transformers import StopStringCriteria
 
 from mvlm.conversation import get_conversation
 from mvlm.model.builder import build_model, save_checkpoint
-from mvlm.serve.inference import (
+from mvlm.inference import (
     DecodedTextStop,
     StopStringStreamer,
     encode_prompt,

@@ -13,7 +13,8 @@ from transformers import LlavaForConditionalGeneration
 
 from mvlm.convert.to_hf import export_to_hf
 from mvlm.data.images import process_images
-from mvlm.model.builder import build_model, load_pretrained_model
+from mvlm.loading import load_pretrained_model
+from mvlm.model.builder import build_model
 from mvlm.model.lora import NON_LORA_FILE, add_lora, save_lora
 from mvlm.model.tower_depth import encoder_layers
 from mvlm.model.vision import select_features

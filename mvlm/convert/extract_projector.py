@@ -15,14 +15,14 @@ import os
 
 from safetensors.torch import save_file
 
+from mvlm.errors import CheckpointError, FlagError, MvlmError, OutputExistsError
+from mvlm.loading import is_full_checkpoint, load_pretrained_model
+from mvlm.loading.formats.common import read_tensors
 from mvlm.model.projector_weights import PREFIX, PROJECTOR_FILE, projector_state_dict
 
 
 def projector_tensors(model_path: str, model_base: str | None = None, vision_tower: str | None = None) -> dict:
     """The projector's tensors under mvlm's key names, from any readable checkpoint."""
-    from mvlm.convert.formats.common import read_tensors
-    from mvlm.model.builder import is_full_checkpoint, load_pretrained_model
-
     if is_full_checkpoint(model_path):
         return read_tensors(model_path, lambda key: key.startswith(PREFIX))
     _, model, _, _ = load_pretrained_model(model_path, model_base=model_base, vision_tower=vision_tower)
@@ -33,13 +33,13 @@ def extract_projector(model_path: str, output: str, model_base: str | None = Non
                       vision_tower: str | None = None) -> str:
     """Write the projector of `model_path` to `output` (a folder or a .safetensors file); returns the file."""
     if output.endswith(".bin"):
-        raise ValueError(f"--output {output}: mvlm writes safetensors; name the file *.safetensors or give a folder")
+        raise FlagError(f"--output {output}: mvlm writes safetensors; name the file *.safetensors or give a folder")
     path = output if output.endswith(".safetensors") else os.path.join(output, PROJECTOR_FILE)
     if os.path.exists(path):
-        raise FileExistsError(f"{path} exists; choose another --output")
+        raise OutputExistsError(f"{path} exists; choose another --output")
     tensors = projector_tensors(model_path, model_base, vision_tower)
     if not tensors:
-        raise ValueError(f"{model_path} holds no projector weights")
+        raise CheckpointError(f"{model_path} holds no projector weights")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     partial = path + ".partial"
     save_file({key: value.contiguous() for key, value in tensors.items()}, partial, metadata={"format": "pt"})
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         path = extract_projector(args.model_path, args.output, args.model_base, args.vision_tower)
-    except (ValueError, FileExistsError, FileNotFoundError) as error:
+    except MvlmError as error:
         raise SystemExit(f"mvlm.convert.extract_projector: {error}") from None
     print(f"wrote {path}")
 

@@ -13,8 +13,11 @@ from __future__ import annotations
 import argparse
 import os
 
-from mvlm.convert.output import check_new_folder, staged_folder
 from mvlm.convert.dtypes import DTYPES, checkpoint_dtype
+from mvlm.convert.output import check_new_folder, staged_folder
+from mvlm.errors import CheckpointError, MvlmError
+from mvlm.loading import load_pretrained_model
+from mvlm.model.builder import save_checkpoint
 
 
 def has_lora(model_path: str) -> bool:
@@ -26,10 +29,8 @@ def has_lora(model_path: str) -> bool:
 def merge_lora(model_path: str, model_base: str | None, save_model_path: str, dtype_name: str = "auto",
                vision_tower: str | None = None) -> None:
     """Load `model_path` over `model_base` with its adapters merged and save it to the new folder `save_model_path`."""
-    from mvlm.model.builder import load_pretrained_model, save_checkpoint
-
     if not has_lora(model_path):
-        raise ValueError(f"{model_path} holds no LoRA adapters (adapter_config.json); nothing to merge")
+        raise CheckpointError(f"{model_path} holds no LoRA adapters (adapter_config.json); nothing to merge")
     check_new_folder(save_model_path, "--save-model-path")
     dtype = checkpoint_dtype(model_path) if dtype_name == "auto" else DTYPES[dtype_name]
     tokenizer, model, image_processor, _ = load_pretrained_model(
@@ -49,7 +50,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         merge_lora(args.model_path, args.model_base, args.save_model_path, args.dtype, args.vision_tower)
-    except (ValueError, FileExistsError, FileNotFoundError) as error:
+    except MvlmError as error:
         raise SystemExit(f"mvlm.convert.merge_lora: {error}") from None
     print(f"wrote {args.save_model_path}")
 

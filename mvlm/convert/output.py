@@ -13,11 +13,13 @@ import shutil
 import tempfile
 from typing import Iterator
 
+from mvlm.errors import OutputExistsError
+
 
 def check_new_folder(save_path: str, flag: str = "--save-path") -> None:
     """Refuse a target that exists and is not an empty folder (its files are the user's)."""
     if os.path.exists(save_path) and (not os.path.isdir(save_path) or os.listdir(save_path)):
-        raise FileExistsError(f"{flag} {save_path} exists and is not an empty folder; choose a new one")
+        raise OutputExistsError(f"{flag} {save_path} exists and is not an empty folder; choose a new one")
 
 
 @contextlib.contextmanager

@@ -15,14 +15,16 @@ from typing import Any
 import torch
 from transformers import LlamaConfig, PreTrainedConfig
 
+from mvlm.errors import ExportError
+
 
 def llama_config_from_phi3(config: PreTrainedConfig) -> LlamaConfig:
     """The Llama config with the same shapes, norms and rotary embedding as a Phi-3 config."""
     rope = dict(getattr(config, "rope_parameters", None) or {})
     if rope.get("partial_rotary_factor", getattr(config, "partial_rotary_factor", 1.0)) != 1.0:
-        raise ValueError("this Phi-3 rotates only part of each head (partial_rotary_factor != 1), which Llama cannot")
+        raise ExportError("this Phi-3 rotates only part of each head (partial_rotary_factor != 1), which Llama cannot")
     if rope.get("rope_type", "default") != "default":
-        raise ValueError(f"this Phi-3 scales RoPE ({rope.get('rope_type')}), which a Llama config would not reproduce "
+        raise ExportError(f"this Phi-3 scales RoPE ({rope.get('rope_type')}), which a Llama config would not reproduce "
                          "exactly; export it without --as-llama")
     window = getattr(config, "sliding_window", None)
     if window is not None and window < config.max_position_embeddings:

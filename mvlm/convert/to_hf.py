@@ -27,6 +27,7 @@ import sys
 from typing import Any
 
 import torch
+from huggingface_hub import save_torch_state_dict
 from transformers import LlavaConfig, LlavaProcessor
 from transformers.models.llava.image_processing_pil_llava import LlavaImageProcessorPil
 
@@ -37,6 +38,8 @@ from mvlm.convert.dtypes import DTYPES, checkpoint_dtype
 from mvlm.convert.output import check_new_folder, staged_folder
 from mvlm.convert.phi3_to_llama import llama_config_from_phi3, split_phi3_state_dict
 from mvlm.data.images import processor_input_size
+from mvlm.errors import ExportError, MvlmError
+from mvlm.loading import load_model
 from mvlm.model.vision import vision_tower_spec
 
 TOWER_KEY_PREFIX = {"clip_vision_model": "vision_model.", "siglip_vision_model": "vision_model.", "internvl_vision": ""}
@@ -201,11 +204,9 @@ def export_to_hf(
 ) -> str | None:
     """Write `model` as a HuggingFace LLaVA checkpoint + processor to `save_path` (a new or empty folder);
     a refusal or a failure leaves nothing behind. Returns the chat template written (None: none)."""
-    from huggingface_hub import save_torch_state_dict
-
     reasons = unrepresentable_reasons(model, as_llama)
     if reasons:
-        raise ValueError("the HuggingFace LLaVA format cannot hold this model: " + "; ".join(reasons))
+        raise ExportError("the HuggingFace LLaVA format cannot hold this model: " + "; ".join(reasons))
     check_new_folder(save_path)
     state, config = hf_llava_state_dict(model, as_llama)
     processor = llava_processor(model, tokenizer, image_processor, conv_mode)
@@ -249,15 +250,13 @@ def main(argv: list[str] | None = None) -> None:
     if args.conv_mode is not None and args.conv_mode not in conv_templates:
         raise SystemExit(f"mvlm.convert.to_hf: unknown --conv-mode {args.conv_mode!r}; known: "
                          f"{', '.join(sorted(conv_templates))}")
-    from mvlm.model.builder import load_pretrained_model
-
-    dtype = checkpoint_dtype(args.model_path) if args.dtype == "auto" else DTYPES[args.dtype]
-    tokenizer, model, image_processor, _ = load_pretrained_model(
-        args.model_path, model_base=args.model_base, torch_dtype=dtype, vision_tower=args.vision_tower)
     try:
-        template = export_to_hf(model, tokenizer, image_processor, args.save_path, as_llama=args.as_llama,
-                                max_shard_size=args.max_shard_size, conv_mode=args.conv_mode)
-    except (ValueError, FileExistsError) as error:
+        dtype = checkpoint_dtype(args.model_path) if args.dtype == "auto" else DTYPES[args.dtype]
+        loaded = load_model(args.model_path, args.model_base, torch_dtype=dtype, vision_tower=args.vision_tower)
+        model = loaded.model
+        template = export_to_hf(model, loaded.tokenizer, loaded.image_processor, args.save_path,
+                                as_llama=args.as_llama, max_shard_size=args.max_shard_size, conv_mode=args.conv_mode)
+    except MvlmError as error:
         raise SystemExit(f"mvlm.convert.to_hf: {args.model_path}: {error}") from None
     if template is None:
         print(f"mvlm.convert.to_hf: warning: {args.save_path} has no chat template ("

@@ -16,8 +16,12 @@ import argparse
 
 import torch
 
-from mvlm.convert.output import check_new_folder, staged_folder
+from mvlm.conversation import conv_templates
 from mvlm.convert.dtypes import DTYPES, checkpoint_dtype
+from mvlm.convert.output import check_new_folder, staged_folder
+from mvlm.errors import FlagError, MvlmError
+from mvlm.loading import load_pretrained_model
+from mvlm.model.builder import save_checkpoint
 
 
 def convert_to_mvlm(
@@ -25,11 +29,8 @@ def convert_to_mvlm(
     conv_mode: str | None = None, dtype: torch.dtype | None = None,
 ) -> None:
     """Load `model_path` (any readable format) and save it as an mvlm checkpoint in the new folder `save_path`."""
-    from mvlm.conversation import conv_templates
-    from mvlm.model.builder import load_pretrained_model, save_checkpoint
-
     if conv_mode is not None and conv_mode not in conv_templates:
-        raise ValueError(f"--conv-mode {conv_mode!r} is not a template; choose one of {', '.join(sorted(conv_templates))}")
+        raise FlagError(f"--conv-mode {conv_mode!r} is not a template; choose one of {', '.join(sorted(conv_templates))}")
     check_new_folder(save_path)
     tokenizer, model, image_processor, _ = load_pretrained_model(
         model_path, model_base=model_base, vision_tower=vision_tower,
@@ -54,7 +55,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         convert_to_mvlm(args.model_path, args.save_path, args.model_base, args.vision_tower, args.conv_mode,
                         None if args.dtype == "auto" else DTYPES[args.dtype])
-    except (ValueError, FileExistsError, FileNotFoundError) as error:
+    except MvlmError as error:
         raise SystemExit(f"mvlm.convert.to_mvlm: {args.model_path}: {error}") from None
     print(f"wrote {args.save_path}")
 

@@ -22,11 +22,12 @@ from mvlm.data.formats import load_sample_images
 from mvlm.data.images import ImageError, process_images
 from mvlm.data.packing import packed_batch
 from mvlm.data.tokenize import SampleError, sample_id, sample_images, tokenize_sample
+from mvlm.errors import DataError
 
 SKIPPED_KEY = "skipped_sample_indices"
 
 
-class BadSampleError(RuntimeError):
+class BadSampleError(DataError):
     """Training met a sample it cannot use; the message is the report to show the user."""
 
 

@@ -13,12 +13,13 @@ from typing import Any, Iterable
 
 from mvlm.data.images import ImageError, load_image
 from mvlm.data.tokenize import sample_images
+from mvlm.errors import DataError
 from mvlm.jsonl import read_json_objects
 
 PARQUET_SUFFIXES = (".parquet",)
 
 
-class DataFormatError(ValueError):
+class DataFormatError(DataError):
     """A data file that cannot be read as LLaVA samples; the message names the file."""
 
 

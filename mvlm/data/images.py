@@ -17,12 +17,14 @@ from typing import Any, Sequence
 import torch
 from PIL import Image
 
+from mvlm.errors import DataError, FlagError
+
 ASPECT_RATIOS = ("square", "pad", "anyres")
 DEFAULT_MAX_IMAGE_PIXELS = 89_478_485
 """Pillow's own decompression-bomb threshold (about 9459 x 9459 pixels); larger images are refused."""
 
 
-class ImageError(ValueError):
+class ImageError(DataError):
     """An image that cannot be used: missing, unreadable, or too large; the message names it.
 
     `reason` is one of mvlm.data.validate.REASONS' codes (missing_image, corrupt_image, oversized_image, ...).
@@ -157,7 +159,7 @@ def process_images(
     """Pixel values for the tower: (images, 3, H, W); for `anyres`, one (views, 3, H, W) tensor per image,
     stacked when every image has the same number of views (as LLaVA returns them)."""
     if image_aspect_ratio not in ASPECT_RATIOS:
-        raise ValueError(f"image_aspect_ratio must be one of {ASPECT_RATIOS}, got {image_aspect_ratio!r}")
+        raise FlagError(f"image_aspect_ratio must be one of {ASPECT_RATIOS}, got {image_aspect_ratio!r}")
     images = [load_image(image) for image in images]
 
     def pixels(views: list[Image.Image]) -> torch.Tensor:

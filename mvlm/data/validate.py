@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from mvlm.constants import DEFAULT_IMAGE_TOKEN
+from mvlm.errors import DataError
 
 HUMAN_ROLES = ("human", "user")
 ASSISTANT_ROLES = ("gpt", "assistant")
@@ -36,7 +37,7 @@ REASONS = {
 }
 
 
-class SampleError(ValueError):
+class SampleError(DataError):
     """A sample that cannot be turned into training ids; the message names the sample and the fix.
 
     `reason` is one of REASONS' codes.

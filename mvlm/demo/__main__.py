@@ -23,6 +23,7 @@ from typing import Sequence
 
 from mvlm.demo.data import CATEGORIES, CHANCE, DemoData, write_demo_data
 from mvlm.demo.models import LanguageModelSize, VisionTowerSize, save_language_model, save_vision_tower
+from mvlm.errors import MvlmError
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCRIPTS = os.path.join(REPO_ROOT, "scripts")
@@ -61,7 +62,7 @@ QUICK = dataclasses.replace(  # about two minutes; scored 54% here (chance: 29%)
 )
 
 
-class DemoError(Exception):
+class DemoError(MvlmError):
     """A step of the demo failed; the message says which and where its output is."""
 
 

@@ -24,8 +24,8 @@ from tqdm import tqdm
 from mvlm.constants import DEFAULT_IMAGE_TOKEN
 from mvlm.data.images import ImageError, load_image
 from mvlm.jsonl import read_json_objects
-from mvlm.serve.inference import (
-    CheckpointError,
+from mvlm.errors import MvlmError
+from mvlm.inference import (
     check_device,
     default_device,
     encode_prompt,
@@ -33,14 +33,13 @@ from mvlm.serve.inference import (
     generation_config,
     load_for_inference,
     new_conversation,
-    resolve_conv_mode,
 )
 
 SINGLE_PRED_PROMPT = "Answer with the option's letter from the given choices directly."
 """LLaVA's `--single-pred-prompt` instruction, appended on a new line after the question."""
 
 
-class RunnerError(Exception):
+class RunnerError(MvlmError):
     """A problem with the inputs that the user can fix; reported as one line, without a traceback."""
 
 
@@ -264,15 +263,12 @@ def run_questions(questions: Sequence[Question], args: argparse.Namespace) -> No
               f"{answers_file}", file=sys.stderr)
     if not todo:
         return
-    try:
-        device = check_device(args.device or default_device())
-        tokenizer, model, image_processor = load_for_inference(args.model_path, args.model_base, device)
-        conv_mode = resolve_conv_mode(model, args.conv_mode, args.model_path)
-        stop_str = new_conversation(conv_mode, tokenizer).stop_str
-        config = generation_config(model, tokenizer, args.temperature, args.top_p, args.num_beams,
-                                   args.max_new_tokens, stop_str)
-    except ValueError as error:  # CheckpointError included
-        raise RunnerError(str(error)) from error
+    device = check_device(args.device or default_device())
+    loaded = load_for_inference(args.model_path, args.model_base, device=device, conv_mode=args.conv_mode)
+    tokenizer, model, image_processor, conv_mode = loaded.tokenizer, loaded.model, loaded.image_processor, loaded.conv_mode
+    stop_str = new_conversation(conv_mode, tokenizer).stop_str
+    config = generation_config(model, tokenizer, args.temperature, args.top_p, args.num_beams,
+                               args.max_new_tokens, stop_str)
 
     def encode(question: Question):
         conversation = new_conversation(conv_mode, tokenizer)
@@ -319,7 +315,7 @@ def runner_main(
     try:
         groups = get_chunk(read_questions(args), args.num_chunks, args.chunk_idx)
         run_questions([question for group in groups for question in group], args)
-    except (RunnerError, CheckpointError) as error:
+    except MvlmError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -21,7 +21,8 @@ from types import ModuleType
 from typing import Any, Sequence
 
 from mvlm.eval.scorers import exact, gqa, mmbench, mme, mmmu, pope, scienceqa, seed, textvqa, vizwiz, vqav2
-from mvlm.eval.scorers.common import ScoreError, write_json
+from mvlm.errors import USER_ERROR_EXIT_STATUS, MvlmError
+from mvlm.eval.scorers.common import write_json
 
 SCORERS: dict[str, ModuleType] = {
     module.NAME: module for module in (vqav2, vizwiz, textvqa, gqa, scienceqa, pope, mme, mmbench, seed, mmmu, exact)
@@ -50,16 +51,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """Parse, score, print; returns the metrics (what --json writes). Bad input exits 2 with one line."""
+    """Parse, score, print; returns the metrics (what --json writes). Bad input exits 1 with one line."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         metrics = SCORERS[args.benchmark].run(args)
         if args.json:
             write_json(args.json, metrics)
-    except ScoreError as error:
+    except MvlmError as error:
         print(f"mvlm.eval.score {args.benchmark}: error: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
+        raise SystemExit(USER_ERROR_EXIT_STATUS) from None
     return metrics
 
 

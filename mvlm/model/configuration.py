@@ -5,6 +5,7 @@ from __future__ import annotations
 from transformers import AutoConfig, PreTrainedConfig
 
 from mvlm.constants import MVLM_MODEL_TYPE
+from mvlm.errors import FlagError
 from mvlm.model.vision import prepare_vision_config, resolve_select_strategy
 
 
@@ -57,7 +58,7 @@ class MvlmLlavaConfig(PreTrainedConfig):
             self.vision_config, self.vision_feature_select_strategy
         )
         if isinstance(self.vision_feature_layer, list) and not self.vision_feature_layer:
-            raise ValueError("vision_feature_layer is an empty list; give a layer index or a list of them")
+            raise FlagError("vision_feature_layer is an empty list; give a layer index or a list of them")
 
 
 def _as_config(value: dict | PreTrainedConfig | None, default_model_type: str) -> PreTrainedConfig:

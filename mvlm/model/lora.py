@@ -20,6 +20,8 @@ from peft import LoraConfig, PeftModel, get_peft_model, set_peft_model_state_dic
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from mvlm.errors import CheckpointError, FlagError
+
 NON_LORA_FILE = "non_lora_trainables.safetensors"
 ADAPTER_FILE = "adapter_model.safetensors"
 _PEFT_PREFIX = "base_model.model."
@@ -36,7 +38,7 @@ def lora_target_pattern(model: nn.Module, parts: list[str]) -> str:
             if isinstance(module, nn.Linear) and module is not head
         })
         if not leaf_names:
-            raise ValueError(f"LoRA asked for on {part}, but it has no linear layers")
+            raise FlagError(f"LoRA asked for on {part}, but it has no linear layers")
         alternatives.append(rf"{part}\..*\.({'|'.join(map(re.escape, leaf_names))})")
     return "|".join(f"(?:{alternative})" for alternative in alternatives)
 
@@ -86,11 +88,11 @@ def load_non_lora_trainables(model: nn.Module, folder: str) -> None:
     tensors = load_file(path)
     unknown = sorted(set(tensors) - set(own))
     if unknown:
-        raise ValueError(f"{path} holds tensors this model does not have: {unknown[:5]}; was it trained from "
+        raise CheckpointError(f"{path} holds tensors this model does not have: {unknown[:5]}; was it trained from "
                          "another base model?")
     for key, tensor in tensors.items():
         if tensor.shape != own[key].shape:
-            raise ValueError(f"{path}: {key} has shape {tuple(tensor.shape)}, the model needs {tuple(own[key].shape)}")
+            raise CheckpointError(f"{path}: {key} has shape {tuple(tensor.shape)}, the model needs {tuple(own[key].shape)}")
     bare.load_state_dict({key: value.to(own[key].dtype) for key, value in tensors.items()}, strict=False)
 
 
@@ -100,7 +102,7 @@ def resume_lora(model: PeftModel, folder: str) -> None:
     result = set_peft_model_state_dict(model, adapters)
     missing = [key for key in result.missing_keys if "lora_" in key]
     if missing:
-        raise ValueError(f"{folder}/{ADAPTER_FILE} lacks adapter weights this run has, e.g. {missing[:3]}; it "
+        raise CheckpointError(f"{folder}/{ADAPTER_FILE} lacks adapter weights this run has, e.g. {missing[:3]}; it "
                          "was written with other --lora_* or --lora_vision_tower settings")
     load_non_lora_trainables(model, folder)
 

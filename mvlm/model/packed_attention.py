@@ -31,6 +31,8 @@ from torch import nn
 from transformers import AttentionInterface, PreTrainedConfig
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
+from mvlm.errors import FlagError
+
 try:
     from torch.nn.attention.varlen import varlen_attn
 except ImportError:  # PyTorch < 2.10
@@ -98,10 +100,10 @@ def _varlen(
     dropout: float, sliding_window: int | None, softcap: float | None, kwargs: dict[str, Any],
 ) -> torch.Tensor:
     if softcap is not None:
-        raise ValueError(f"{VARLEN} has no logit soft-capping (this model's attn_logit_softcapping={softcap}); "
+        raise FlagError(f"{VARLEN} has no logit soft-capping (this model's attn_logit_softcapping={softcap}); "
                          f"train it with --attn_implementation {PER_SAMPLE} or flash_attention_2")
     if dropout:
-        raise ValueError(f"{VARLEN} has no attention dropout (this model's attention_dropout={dropout}); "
+        raise FlagError(f"{VARLEN} has no attention dropout (this model's attention_dropout={dropout}); "
                          f"set it to 0 or train with --attn_implementation {PER_SAMPLE}")
     if varlen_attn is None:
         raise ImportError(f"{VARLEN} needs PyTorch >= 2.10 (torch.nn.attention.varlen)")
@@ -174,7 +176,7 @@ def choose_packed_attention(
         return loaded
     reason = varlen_unusable_reason(text_config, dtype, device)
     if requested == VARLEN and reason is not None:
-        raise ValueError(f"--attn_implementation {VARLEN} cannot train this model here: {reason}; "
+        raise FlagError(f"--attn_implementation {VARLEN} cannot train this model here: {reason}; "
                          f"use {PER_SAMPLE} (any device) or flash_attention_2")
     if requested in PACKED_ATTENTIONS:
         return requested

@@ -12,6 +12,8 @@ import re
 import torch
 from torch import nn
 
+from mvlm.errors import FlagError
+
 MLP_GELU_PATTERN = re.compile(r"mlp([1-9][0-9]*)x_gelu")
 PROJECTOR_TYPES = ("linear", "mlp{N}x_gelu", "identity")
 
@@ -40,7 +42,7 @@ def build_projector(projector_type: str, vision_hidden_size: int, text_hidden_si
         return nn.Linear(vision_hidden_size, text_hidden_size)
     if projector_type == "identity":
         if vision_hidden_size != text_hidden_size:
-            raise ValueError(
+            raise FlagError(
                 f"projector 'identity' needs equal sizes, but vision features have {vision_hidden_size} channels "
                 f"and the language model's embeddings {text_hidden_size}; use 'linear' or 'mlp2x_gelu'"
             )
@@ -48,4 +50,4 @@ def build_projector(projector_type: str, vision_hidden_size: int, text_hidden_si
     match = MLP_GELU_PATTERN.fullmatch(projector_type)
     if match:
         return MlpGeluProjector(int(match.group(1)), vision_hidden_size, text_hidden_size)
-    raise ValueError(f"unknown projector type {projector_type!r}; mvlm knows: {', '.join(PROJECTOR_TYPES)}")
+    raise FlagError(f"unknown projector type {projector_type!r}; mvlm knows: {', '.join(PROJECTOR_TYPES)}")

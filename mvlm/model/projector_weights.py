@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from mvlm.errors import CheckpointError, CheckpointNotFoundError
 from mvlm.model.zero3 import gathered
 
 PROJECTOR_FILE = "mm_projector.safetensors"
@@ -48,9 +49,9 @@ def find_projector_file(path: str) -> str:
         for name in (PROJECTOR_FILE, LLAVA_PROJECTOR_FILE):
             if os.path.isfile(os.path.join(path, name)):
                 return os.path.join(path, name)
-        raise FileNotFoundError(f"{path} holds neither {PROJECTOR_FILE} nor {LLAVA_PROJECTOR_FILE}")
+        raise CheckpointNotFoundError(f"{path} holds neither {PROJECTOR_FILE} nor {LLAVA_PROJECTOR_FILE}")
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"projector weights {path} do not exist")
+        raise CheckpointNotFoundError(f"projector weights {path} do not exist")
     return path
 
 
@@ -69,7 +70,7 @@ def _from_llava_keys(tensors: dict[str, torch.Tensor], path: str) -> dict[str, t
     for key, value in tensors.items():
         match = _LLAVA_KEY.fullmatch(key)
         if not match:
-            raise ValueError(f"{path}: unexpected key {key!r} in a LLaVA projector file")
+            raise CheckpointError(f"{path}: unexpected key {key!r} in a LLaVA projector file")
         index, kind = match.groups()
         renamed[kind if index is None else f"linear_{int(index) // 2 + 1}.{kind}"] = value
     return renamed
@@ -92,13 +93,13 @@ def assign_projector_weights(model: nn.Module, weights: dict[str, torch.Tensor],
     with gathered(projector.parameters(), modify=True):
         expected = projector.state_dict()
         if set(weights) != set(expected):
-            raise ValueError(
+            raise CheckpointError(
                 f"projector weights in {path} have keys {sorted(weights)}, but this model's "
                 f"{model.config.projector_type!r} projector needs {sorted(expected)}; check --mm_projector_type"
             )
         for key, tensor in weights.items():
             if tensor.shape != expected[key].shape:
-                raise ValueError(
+                raise CheckpointError(
                     f"projector weights in {path}: {key} has shape {tuple(tensor.shape)}, the model needs "
                     f"{tuple(expected[key].shape)}; the stage-1 run used another LLM, tower or --mm_vision_select_layer"
                 )

@@ -20,6 +20,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
+from mvlm.errors import FlagError
 from mvlm.model.vision import vision_tower_spec
 
 _ran_whole: weakref.WeakSet[nn.Module] = weakref.WeakSet()
@@ -32,7 +33,7 @@ def feature_layer_indices(vision_feature_layer: int | list[int], num_layers: int
     for layer in layers:
         index = layer + num_layers + 1 if layer < 0 else layer
         if not 0 <= index <= num_layers:
-            raise ValueError(f"vision_feature_layer {layer} does not exist in a tower of {num_layers} layers (its "
+            raise FlagError(f"vision_feature_layer {layer} does not exist in a tower of {num_layers} layers (its "
                              f"hidden states are {-num_layers - 1} .. {num_layers}, 0 the embeddings)")
         indices.append(index)
     return indices

@@ -16,6 +16,9 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel, CLIPImageProcessorPil, PreTrainedConfig
 
+from mvlm.constants import LLAVA_SELECT_FEATURES
+from mvlm.errors import FlagError
+
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -82,7 +85,7 @@ SELECT_STRATEGIES = ("default", "full")
 def vision_tower_spec(vision_config: PreTrainedConfig) -> VisionTowerSpec:
     model_type = vision_config.model_type
     if model_type not in VISION_TOWERS:
-        raise ValueError(
+        raise FlagError(
             f"vision tower model_type {model_type!r} is not supported; mvlm knows: {', '.join(sorted(VISION_TOWERS))}"
         )
     return VISION_TOWERS[model_type]
@@ -109,14 +112,28 @@ def load_vision_tower(name_or_path: str, vision_config: PreTrainedConfig, **from
     return AutoModel.from_pretrained(name_or_path, config=vision_config, **from_pretrained_kwargs)
 
 
+def strategy_for_select_feature(select_feature: str | None, source: str = "mm_vision_select_feature") -> str | None:
+    """LLaVA's `mm_vision_select_feature` as mvlm's select strategy, for `resolve_select_strategy`.
+
+    'patch' (or unset) is the tower's default, None here: drop the CLS token where the tower has one.
+    'cls_patch' keeps it: 'full'.
+    """
+    if select_feature in (None, "patch"):
+        return None
+    if select_feature == "cls_patch":
+        return "full"
+    raise FlagError(f"{source}: mm_vision_select_feature {select_feature!r} is not one LLaVA knows "
+                     f"({', '.join(LLAVA_SELECT_FEATURES)})")
+
+
 def resolve_select_strategy(vision_config: PreTrainedConfig, strategy: str | None) -> str:
     """The registry default when `strategy` is None; refuses dropping a CLS token that a tower lacks."""
     spec = vision_tower_spec(vision_config)
     strategy = spec.default_select_strategy if strategy is None else strategy
     if strategy not in SELECT_STRATEGIES:
-        raise ValueError(f"vision_feature_select_strategy must be one of {SELECT_STRATEGIES}, got {strategy!r}")
+        raise FlagError(f"vision_feature_select_strategy must be one of {SELECT_STRATEGIES}, got {strategy!r}")
     if strategy == "default" and not spec.has_cls_token:
-        raise ValueError(
+        raise FlagError(
             f"{vision_config.model_type} has no CLS token, so vision_feature_select_strategy='default' would drop a "
             "real image patch; use 'full'"
         )

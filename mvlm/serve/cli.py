@@ -22,7 +22,8 @@ from transformers import GenerationConfig
 from mvlm.constants import DEFAULT_IMAGE_TOKEN
 from mvlm.conversation import Conversation
 from mvlm.data.images import ImageError, load_image
-from mvlm.serve.inference import (
+from mvlm.errors import MvlmError
+from mvlm.inference import (
     StopStringStreamer,
     check_device,
     default_device,
@@ -31,14 +32,13 @@ from mvlm.serve.inference import (
     generation_config,
     load_for_inference,
     new_conversation,
-    resolve_conv_mode,
 )
 
 MAX_DOWNLOAD_BYTES = 64 * 1024 * 1024
 DOWNLOAD_TIMEOUT_S = 30
 
 
-class ChatError(Exception):
+class ChatError(MvlmError):
     """A problem the user can fix (bad path, URL, checkpoint or flag); shown as one line, no traceback."""
 
 
@@ -78,18 +78,13 @@ class ChatSession(NamedTuple):
 
 
 def start_session(args: argparse.Namespace) -> ChatSession:
-    """Load the checkpoint and pick its template and decoding settings; user-fixable failures as ChatError."""
-    try:
-        tokenizer, model, image_processor = load_for_inference(
-            args.model_path, args.model_base, args.device, args.load_8bit, args.load_4bit
-        )
-        conv_mode = resolve_conv_mode(model, args.conv_mode, args.model_path)
-        conversation = new_conversation(conv_mode, tokenizer)
-        config = generation_config(model, tokenizer, temperature=args.temperature,
-                                   max_new_tokens=args.max_new_tokens, stop_str=conversation.stop_str)
-    except ValueError as error:  # CheckpointError included
-        raise ChatError(str(error)) from error
-    return ChatSession(tokenizer, model, image_processor, conversation, config)
+    """Load the checkpoint and pick its template and decoding settings."""
+    loaded = load_for_inference(args.model_path, args.model_base, device=args.device, conv_mode=args.conv_mode,
+                                load_8bit=args.load_8bit, load_4bit=args.load_4bit)
+    conversation = new_conversation(loaded.conv_mode, loaded.tokenizer)
+    config = generation_config(loaded.model, loaded.tokenizer, temperature=args.temperature,
+                               max_new_tokens=args.max_new_tokens, stop_str=conversation.stop_str)
+    return ChatSession(loaded.tokenizer, loaded.model, loaded.image_processor, conversation, config)
 
 
 def chat(args: argparse.Namespace, stdin: TextIO | None = None, stdout: TextIO | None = None) -> None:
@@ -152,12 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        try:
-            args.device = check_device(args.device or default_device())
-        except ValueError as error:
-            raise ChatError(str(error)) from error
+        args.device = check_device(args.device or default_device())
         chat(args)
-    except ChatError as error:
+    except MvlmError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

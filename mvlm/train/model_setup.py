@@ -9,12 +9,13 @@ from typing import Any
 import torch
 from peft import prepare_model_for_kbit_training
 from torch import nn
-from transformers import AutoImageProcessor, AutoTokenizer, BitsAndBytesConfig, PreTrainedTokenizerBase
+from transformers import BitsAndBytesConfig, PreTrainedTokenizerBase
 from transformers.utils import is_flash_attn_2_available
 
-from mvlm.model.builder import build_model, is_full_checkpoint, quantization_config
+from mvlm.errors import FlagError
+from mvlm.loading.training_start import TrainingStart, load_training_model
+from mvlm.model.builder import quantization_config
 from mvlm.model.lora import add_lora
-from mvlm.model.modeling import LlavaForCausalLM
 from mvlm.model.packed_attention import PACKED_ATTENTIONS, use_packed_attention
 from mvlm.model.projector_weights import load_projector_weights
 from mvlm.train.arguments import DataArguments, ModelArguments, TrainingArguments
@@ -50,17 +51,12 @@ def _warn_once(message: str) -> None:
     logger.warning(message)
 
 
-def select_strategy(model_args: ModelArguments) -> str | None:
-    """LLaVA's patch / cls_patch; 'patch' is the tower's default (drop CLS where it has one)."""
-    return "full" if model_args.mm_vision_select_feature == "cls_patch" else None
-
-
 def qlora_config(training_args: TrainingArguments, policy: TrainingPolicy) -> BitsAndBytesConfig | None:
     """`--bits 4|8`: the LLM is loaded quantized (tower, projector and head stay as they are) for QLoRA."""
     if training_args.bits == 16:
         return None
     if policy.language_model.mode != "lora":
-        raise ValueError(f"--bits {training_args.bits} quantizes the LLM, whose weights then cannot train; "
+        raise FlagError(f"--bits {training_args.bits} quantizes the LLM, whose weights then cannot train; "
                          "add --lora_enable True (QLoRA) or drop --bits")
     return quantization_config(training_args.bits, training_dtype(training_args), training_args.double_quant,
                                training_args.quant_type)
@@ -74,32 +70,21 @@ def load_model_for_training(
     dtype = training_dtype(training_args)
     requested = model_args.attn_implementation
     if requested in PACKED_ATTENTIONS and not data_args.packing:
-        raise ValueError(f"--attn_implementation {requested} attends within packed rows; add --packing True, or "
+        raise FlagError(f"--attn_implementation {requested} attends within packed rows; add --packing True, or "
                          "pick flash_attention_2, sdpa or eager")
     attention = default_attn_implementation(None if requested in PACKED_ATTENTIONS else requested)
     quantization = qlora_config(training_args, policy)
     device_map = {"": training_args.device} if quantization is not None else None
-    if is_full_checkpoint(model_args.model_name_or_path):
-        path = model_args.model_name_or_path
-        model = LlavaForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attention,
-                                                 quantization_config=quantization, device_map=device_map)
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        image_processor = AutoImageProcessor.from_pretrained(path, backend="pil")
-    else:
-        if model_args.vision_tower is None:
-            raise ValueError(f"{model_args.model_name_or_path} is not an mvlm checkpoint, so --vision_tower is needed "
-                             "to build a model from it")
-        model, tokenizer, image_processor = build_model(
-            model_args.model_name_or_path,
-            model_args.vision_tower,
-            projector_type=model_args.mm_projector_type,
-            vision_feature_layer=model_args.vision_feature_layer,
-            vision_feature_select_strategy=select_strategy(model_args),
-            torch_dtype=dtype,
-            attn_implementation=attention,
-            quantization_config=quantization,
-            device_map=device_map,
-        )
+    start = TrainingStart(model_args.model_name_or_path, model_args.vision_tower, model_args.mm_vision_select_feature)
+    model, tokenizer, image_processor = load_training_model(
+        start,
+        dtype=dtype,
+        attn_implementation=attention,
+        quantization=quantization,
+        device_map=device_map,
+        projector_type=model_args.mm_projector_type,
+        vision_feature_layer=model_args.vision_feature_layer,
+    )
     if data_args.packing:  # the language model only: the tower sees whole images, never packed rows
         use_packed_attention(model, requested if requested in PACKED_ATTENTIONS else None, training_args.device)
     if model_args.pretrain_mm_mlp_adapter:

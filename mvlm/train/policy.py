@@ -14,6 +14,7 @@ from typing import Any, Iterable
 
 from torch import nn
 
+from mvlm.errors import FlagError
 from mvlm.model.tower_depth import unused_tower_modules
 from mvlm.model.zero3 import full_numel
 
@@ -73,11 +74,11 @@ def policy_from_flags(
     projector = PartPolicy("frozen" if freeze_mm_mlp_adapter else "full", mm_projector_lr)
     if tune_mm_mlp_adapter:
         if freeze_mm_mlp_adapter:
-            raise ValueError("--tune_mm_mlp_adapter trains only the projector; it cannot be combined with "
+            raise FlagError("--tune_mm_mlp_adapter trains only the projector; it cannot be combined with "
                              "--freeze_mm_mlp_adapter")
         return TrainingPolicy(PartPolicy("frozen"), PartPolicy("full", mm_projector_lr), PartPolicy("frozen"))
     if lora_enable and freeze_backbone:
-        raise ValueError("--lora_enable trains LoRA adapters on the LLM; drop --freeze_backbone or --lora_enable")
+        raise FlagError("--lora_enable trains LoRA adapters on the LLM; drop --freeze_backbone or --lora_enable")
     language_model = PartPolicy("lora" if lora_enable else "frozen" if freeze_backbone else "full")
     if lora_vision_tower:
         tower = PartPolicy("lora", mm_vision_tower_lr)

@@ -10,7 +10,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mvlm.model.builder import build_model, load_pretrained_model, save_checkpoint
+from mvlm.loading import load_pretrained_model
+
+from mvlm.model.builder import build_model, save_checkpoint
 
 
 @torch.no_grad()

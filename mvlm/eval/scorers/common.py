@@ -10,11 +10,8 @@ import os
 import tempfile
 from typing import Any, Callable, Iterable
 
+from mvlm.errors import ScoreError
 from mvlm.jsonl import read_json_objects
-
-
-class ScoreError(ValueError):
-    """Input a scorer cannot score; the message names the file/question at fault and what to do."""
 
 
 def id_key(question_id: Any) -> str:

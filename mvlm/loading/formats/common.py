@@ -14,9 +14,14 @@ import os
 from typing import Any, Callable
 
 import torch
+from peft import PeftConfig, get_peft_model, set_peft_model_state_dict
 from safetensors import safe_open
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, PreTrainedConfig
+
+from mvlm.errors import CheckpointError, CheckpointNotFoundError
+from mvlm.model.builder import join_parts
+from mvlm.model.projector_weights import assign_projector_weights
 
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 BIN_INDEX = "pytorch_model.bin.index.json"
@@ -43,7 +48,7 @@ def read_config_dict(path: str) -> dict[str, Any] | None:
         try:
             return json.load(handle)
         except json.JSONDecodeError as error:
-            raise ValueError(f"{config_path} is not valid JSON: {error}") from error
+            raise CheckpointError(f"{config_path} is not valid JSON: {error}") from error
 
 
 def weight_files(path: str) -> list[str]:
@@ -56,7 +61,7 @@ def weight_files(path: str) -> list[str]:
             return [os.path.join(path, shard) for shard in shards]
         if os.path.isfile(os.path.join(path, single)):
             return [os.path.join(path, single)]
-    raise FileNotFoundError(f"{path} holds no weights (model.safetensors, pytorch_model.bin or their sharded indexes)")
+    raise CheckpointNotFoundError(f"{path} holds no weights (model.safetensors, pytorch_model.bin or their sharded indexes)")
 
 
 def has_weights(path: str) -> bool:
@@ -111,7 +116,7 @@ def _check_loading(info: dict[str, Any], what: str, source: str, ignore: Callabl
     missing = sorted(key for key in info.get("missing_keys", ()) if not ignore(key))
     mismatched = sorted(str(item) for item in info.get("mismatched_keys", ()))
     if missing or mismatched:
-        raise ValueError(
+        raise CheckpointError(
             f"{source}: the {what} weights are incomplete or mis-shaped (missing {missing[:5]}, mismatched "
             f"{mismatched[:3]}); the folder is damaged or its config does not describe its weights"
         )
@@ -146,8 +151,6 @@ def merge_adapter(module: nn.Module, folder: str) -> nn.Module:
     Adapter keys name modules as the training run's transformers did; 5.x dropped CLIP's and SigLIP's
     `vision_model.` level, so a key that only matches without it is read that way.
     """
-    from peft import PeftConfig, get_peft_model, set_peft_model_state_dict
-
     config = PeftConfig.from_pretrained(folder)
     config.inference_mode = True
     wrapped = get_peft_model(module, config)
@@ -155,7 +158,7 @@ def merge_adapter(module: nn.Module, folder: str) -> nn.Module:
         (os.path.join(folder, name) for name in ("adapter_model.safetensors", "adapter_model.bin")
          if os.path.isfile(os.path.join(folder, name))), None)
     if adapter_file is None:
-        raise FileNotFoundError(f"{folder} has adapter_config.json but no adapter_model.safetensors or .bin")
+        raise CheckpointNotFoundError(f"{folder} has adapter_config.json but no adapter_model.safetensors or .bin")
     tensors = read_tensors(adapter_file, lambda _key: True)
     own = {name.replace(".default", "") for name in wrapped.state_dict()}
     aligned = {}
@@ -165,11 +168,11 @@ def merge_adapter(module: nn.Module, folder: str) -> nn.Module:
         aligned[key] = value
     unknown = sorted(key for key in aligned if key not in own)
     if unknown:
-        raise ValueError(f"{adapter_file} holds adapters for modules this model lacks, e.g. {unknown[:3]}")
+        raise CheckpointError(f"{adapter_file} holds adapters for modules this model lacks, e.g. {unknown[:3]}")
     result = set_peft_model_state_dict(wrapped, aligned)
     missing = [key for key in result.missing_keys if "lora_" in key]
     if missing:
-        raise ValueError(f"{adapter_file} lacks adapter weights its adapter_config.json asks for, e.g. {missing[:3]}")
+        raise CheckpointError(f"{adapter_file} lacks adapter weights its adapter_config.json asks for, e.g. {missing[:3]}")
     return wrapped.merge_and_unload()
 
 
@@ -191,9 +194,6 @@ def assemble(
 
     `projector_weights` are keyed by the projector's own names (`linear_1.weight`, ...).
     """
-    from mvlm.model.builder import join_parts
-    from mvlm.model.projector_weights import assign_projector_weights
-
     model = join_parts(
         tower,
         language_model,
@@ -209,12 +209,3 @@ def assemble(
     model.multi_modal_projector.to(device=embeddings.device, dtype=next(tower.parameters()).dtype)
     assign_projector_weights(model, projector_weights, source)
     return model, tokenizer, image_processor
-
-
-def select_strategy(select_feature: str | None, has_cls_token: bool, source: str) -> str:
-    """LLaVA's `mm_vision_select_feature` ('patch' drops the CLS token, 'cls_patch' keeps it) as mvlm's strategy."""
-    if select_feature in (None, "patch"):
-        return "default" if has_cls_token else "full"
-    if select_feature == "cls_patch":
-        return "full"
-    raise ValueError(f"{source}: mm_vision_select_feature {select_feature!r} is not one LLaVA knows ('patch', 'cls_patch')")

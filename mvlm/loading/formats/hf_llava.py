@@ -13,7 +13,8 @@ from typing import Any
 
 from transformers import AutoImageProcessor, AutoTokenizer, LlavaConfig
 
-from mvlm.convert.formats.common import ImportOptions, assemble, load_language_model, load_tower, read_tensors
+from mvlm.errors import CheckpointError
+from mvlm.loading.formats.common import ImportOptions, assemble, load_language_model, load_tower, read_tensors
 
 LANGUAGE_MODEL_KEYS = {
     r"^language_model\.model\.": "model.",
@@ -31,7 +32,7 @@ def is_hf_llava(config: dict[str, Any]) -> bool:
 def load(model_path: str, options: ImportOptions) -> tuple[Any, Any, Any]:
     config = LlavaConfig.from_pretrained(model_path)
     if config.projector_hidden_act != "gelu" or not config.multimodal_projector_bias:
-        raise ValueError(
+        raise CheckpointError(
             f"{model_path}: its projector (act {config.projector_hidden_act!r}, bias "
             f"{config.multimodal_projector_bias}) is not mvlm's mlp2x_gelu; mvlm cannot load it faithfully"
         )
@@ -43,7 +44,7 @@ def load(model_path: str, options: ImportOptions) -> tuple[Any, Any, Any]:
     }
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     if tokenizer.convert_tokens_to_ids("<image>") != config.image_token_index:
-        raise ValueError(
+        raise CheckpointError(
             f"{model_path}: config.json says image_token_index={config.image_token_index}, but its tokenizer maps "
             f"<image> to {tokenizer.convert_tokens_to_ids('<image>')}"
         )

@@ -14,7 +14,8 @@ from typing import Any
 
 from transformers import AutoImageProcessor, AutoTokenizer
 
-from mvlm.convert.formats.common import (
+from mvlm.errors import CheckpointError
+from mvlm.loading.formats.common import (
     ImportOptions,
     assemble,
     has_weights,
@@ -22,13 +23,12 @@ from mvlm.convert.formats.common import (
     load_tower,
     read_config_dict,
     read_tensors,
-    select_strategy,
     tensor_names,
     text_config_from,
 )
 from mvlm.model.builder import load_image_processor
 from mvlm.model.projector_weights import llava_projector_weights
-from mvlm.model.vision import load_vision_config, load_vision_tower, vision_tower_spec
+from mvlm.model.vision import load_vision_config, load_vision_tower, strategy_for_select_feature
 
 TEXT_MODEL_TYPES = {"llava": "llama", "llava_llama": "llama", "llava_mistral": "mistral"}
 """LLaVA's model types whose LLM transformers has (LLaVA-MPT used its own vendored MPT and is not read)."""
@@ -60,7 +60,7 @@ def refuse_unrepresentable(config: dict[str, Any], source: str) -> None:
     if config.get("s2"):
         reasons.append("S2 multi-scale towers are not supported")
     if reasons:
-        raise ValueError(f"{source}: cannot be loaded faithfully: {'; '.join(reasons)}")
+        raise CheckpointError(f"{source}: cannot be loaded faithfully: {'; '.join(reasons)}")
 
 
 def load(model_path: str, options: ImportOptions) -> tuple[Any, Any, Any]:
@@ -68,18 +68,18 @@ def load(model_path: str, options: ImportOptions) -> tuple[Any, Any, Any]:
     refuse_unrepresentable(config, model_path)
     if not has_weights(model_path):
         if os.path.isfile(os.path.join(model_path, "adapter_config.json")):
-            raise ValueError(f"{model_path} holds official LLaVA LoRA adapters, which mvlm does not read; merge them "
+            raise CheckpointError(f"{model_path} holds official LLaVA LoRA adapters, which mvlm does not read; merge them "
                              "with LLaVA's scripts/merge_lora_weights.py first, then load the merged folder")
-        raise ValueError(f"{model_path} holds no LLM weights (a LLaVA stage-1 folder?); start mvlm's stage 2 from "
+        raise CheckpointError(f"{model_path} holds no LLM weights (a LLaVA stage-1 folder?); start mvlm's stage 2 from "
                          "its mm_projector.bin with --pretrain_mm_mlp_adapter instead")
     text_config = text_config_from(TEXT_MODEL_TYPES[config["model_type"]], config, MULTIMODAL_KEYS)
     tower_source = options.vision_tower or config.get("mm_vision_tower")
     if not tower_source:
-        raise ValueError(f"{model_path}/config.json names no vision tower (mm_vision_tower); pass --vision-tower PATH")
+        raise CheckpointError(f"{model_path}/config.json names no vision tower (mm_vision_tower); pass --vision-tower PATH")
     try:
         vision_config = load_vision_config(tower_source)
     except OSError as error:
-        raise ValueError(
+        raise CheckpointError(
             f"{model_path}: its vision tower {tower_source!r} (mm_vision_tower) cannot be read ({error}); pass "
             "--vision-tower PATH (vision_tower=...) with a local copy of that tower"
         ) from error
@@ -93,7 +93,7 @@ def load(model_path: str, options: ImportOptions) -> tuple[Any, Any, Any]:
     projector = llava_projector_weights(read_tensors(model_path, lambda key: ".mm_projector." in key), model_path)
     projector_type = config.get("mm_projector_type", "linear")
     if projector_type != "identity" and config.get("mm_hidden_size") not in (None, vision_config.hidden_size):
-        raise ValueError(f"{model_path}: mm_hidden_size {config['mm_hidden_size']} does not match the tower "
+        raise CheckpointError(f"{model_path}: mm_hidden_size {config['mm_hidden_size']} does not match the tower "
                          f"{tower_source} (hidden size {vision_config.hidden_size}); pass the right --vision-tower")
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     if os.path.isdir(tower_source) and not os.path.isfile(os.path.join(tower_source, "preprocessor_config.json")) \
@@ -111,8 +111,7 @@ def load(model_path: str, options: ImportOptions) -> tuple[Any, Any, Any]:
         projector_weights=projector,
         source=model_path,
         vision_feature_layer=config.get("mm_vision_select_layer", -1),
-        vision_feature_select_strategy=select_strategy(
-            config.get("mm_vision_select_feature"), vision_tower_spec(vision_config).has_cls_token, model_path),
+        vision_feature_select_strategy=strategy_for_select_feature(config.get("mm_vision_select_feature"), model_path),
         image_aspect_ratio="pad" if aspect_ratio == "pad" else "square",
         mm_vision_tower=tower_source,
     )

@@ -15,19 +15,19 @@ from typing import Any
 
 from transformers import AutoImageProcessor, AutoTokenizer, CLIPVisionConfig, SiglipVisionConfig
 
-from mvlm.convert.formats.common import (
+from mvlm.errors import CheckpointError
+from mvlm.loading.formats.common import (
     ImportOptions,
     assemble,
     load_language_model,
     load_tower,
     read_config_dict,
     read_tensors,
-    select_strategy,
     tensor_names,
     text_config_from,
 )
 from mvlm.model.projector_weights import llava_projector_weights
-from mvlm.model.vision import default_image_processor, prepare_vision_config
+from mvlm.model.vision import default_image_processor, prepare_vision_config, strategy_for_select_feature
 
 TEXT_MODEL_TYPES = {"mipha_phi": "phi", "llava_phi": "phi", "mipha_gemma": "gemma", "mipha_phi3": "phi3"}
 CONV_MODES = {"mipha_phi": "phi", "llava_phi": "phi", "mipha_gemma": "gemma"}
@@ -50,19 +50,19 @@ def tower_config(model_path: str, values: dict[str, Any]) -> Any:
     """CLIP or SigLIP vision config from Mipha's tower dict, the kind read from the tower's weights."""
     names = [name for name in tensor_names(model_path) if name.startswith(TOWER_PREFIX)]
     if not names:
-        raise ValueError(f"{model_path} holds no tower weights ({TOWER_PREFIX}*); Mipha checkpoints carry their tower")
+        raise CheckpointError(f"{model_path} holds no tower weights ({TOWER_PREFIX}*); Mipha checkpoints carry their tower")
     fields = {key: values[key] for key in TOWER_FIELDS if key in values}
     if any(name.endswith("embeddings.class_embedding") for name in names):
         return CLIPVisionConfig(**fields)
     if any(name.endswith("embeddings.patch_embedding.bias") for name in names):
         return prepare_vision_config(SiglipVisionConfig(**fields))
-    raise ValueError(f"{model_path}: its tower is neither CLIP nor SigLIP (Mipha's DINOv2 towers are not supported)")
+    raise CheckpointError(f"{model_path}: its tower is neither CLIP nor SigLIP (Mipha's DINOv2 towers are not supported)")
 
 
 def load(model_path: str, options: ImportOptions) -> tuple[Any, Any, Any]:
     config = read_config_dict(model_path)
     if config.get("mm_use_im_start_end"):
-        raise ValueError(f"{model_path}: mm_use_im_start_end wraps images in extra tokens, which mvlm does not")
+        raise CheckpointError(f"{model_path}: mm_use_im_start_end wraps images in extra tokens, which mvlm does not")
     tower_values = config["vision_config"]["vision_tower"]
     projector_values = config["vision_config"]["mm_projector"]
     text_config = text_config_from(TEXT_MODEL_TYPES[config["model_type"]], config, MULTIMODAL_KEYS)
@@ -85,7 +85,7 @@ def load(model_path: str, options: ImportOptions) -> tuple[Any, Any, Any]:
         projector_weights=projector,
         source=model_path,
         vision_feature_layer=tower_values.get("mm_vision_select_layer", -2),
-        vision_feature_select_strategy=select_strategy(tower_values.get("mm_vision_select_feature"), is_clip, model_path)
+        vision_feature_select_strategy=strategy_for_select_feature(tower_values.get("mm_vision_select_feature"), model_path)
         if is_clip else "full",
         image_aspect_ratio="pad" if config.get("image_aspect_ratio") == "pad" else "square",
         conv_mode=CONV_MODES.get(config["model_type"]),

@@ -3,7 +3,7 @@ folder holds, and how to load it as an mvlm model. Each format module exposes
 `load(model_path, options) -> (model, tokenizer, image_processor)`.
 """
 
-from mvlm.convert.formats.common import ImportOptions
-from mvlm.convert.formats.detect import FORMAT_NAMES, detect_format, load_foreign
+from mvlm.loading.formats.common import ImportOptions
+from mvlm.loading.formats.detect import FORMAT_NAMES, detect_format, load_foreign
 
 __all__ = ["FORMAT_NAMES", "ImportOptions", "detect_format", "load_foreign"]

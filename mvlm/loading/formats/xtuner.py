@@ -21,7 +21,8 @@ from typing import Any
 
 from transformers import AutoConfig, AutoTokenizer
 
-from mvlm.convert.formats.common import (
+from mvlm.errors import CheckpointError
+from mvlm.loading.formats.common import (
     ImportOptions,
     assemble,
     has_weights,
@@ -31,7 +32,8 @@ from mvlm.convert.formats.common import (
     read_config_dict,
     read_tensors,
 )
-from mvlm.model.vision import load_vision_config, load_vision_tower, vision_tower_spec
+from mvlm.model.builder import load_image_processor
+from mvlm.model.vision import load_vision_config, load_vision_tower
 
 PROJECTOR_DIR = "projector"
 LLM_ADAPTER_DIR = "llm_adapter"
@@ -50,14 +52,14 @@ def _projector(model_path: str) -> tuple[str, dict[str, Any]]:
     folder = os.path.join(model_path, PROJECTOR_DIR)
     config = read_config_dict(folder)
     if config.get("hidden_act", "gelu") != "gelu" or not config.get("bias", True):
-        raise ValueError(f"{folder}: a projector with act {config.get('hidden_act')!r} and bias "
+        raise CheckpointError(f"{folder}: a projector with act {config.get('hidden_act')!r} and bias "
                          f"{config.get('bias', True)} is not one of mvlm's (mlpNx_gelu with biases)")
     depth = int(config.get("depth", 2))
     weights = {}
     for key, value in read_tensors(folder, lambda _key: True).items():
         match = _PROJECTOR_KEY.fullmatch(key)
         if not match:
-            raise ValueError(f"{folder}: unexpected key {key!r} in an XTuner projector")
+            raise CheckpointError(f"{folder}: unexpected key {key!r} in an XTuner projector")
         weights[f"linear_{int(match.group(1)) // 2 + 1}.{match.group(2)}"] = value
     return f"mlp{depth}x_gelu" if depth > 1 else "linear", weights if depth > 1 else {
         key.split(".", 1)[1]: value for key, value in weights.items()}
@@ -69,13 +71,11 @@ def _adapter_base(folder: str) -> str | None:
 
 
 def load(model_path: str, options: ImportOptions) -> tuple[Any, Any, Any]:
-    from mvlm.model.builder import load_image_processor
-
     llm_adapter = os.path.join(model_path, LLM_ADAPTER_DIR)
     tower_adapter = os.path.join(model_path, TOWER_ADAPTER_DIR)
     has_llm_adapter, has_tower_adapter = os.path.isdir(llm_adapter), os.path.isdir(tower_adapter)
     if (has_llm_adapter or has_tower_adapter) and options.load_kwargs.get("quantization_config") is not None:
-        raise ValueError(f"{model_path} holds LoRA adapters, which are merged on loading; merging into 4/8-bit "
+        raise CheckpointError(f"{model_path} holds LoRA adapters, which are merged on loading; merging into 4/8-bit "
                          "weights would round them: convert it first (python -m mvlm.convert.to_mvlm), then load "
                          "the result quantized")
     if read_config_dict(model_path) is not None and has_weights(model_path):
@@ -83,7 +83,7 @@ def load(model_path: str, options: ImportOptions) -> tuple[Any, Any, Any]:
     else:
         llm_source = options.model_base or (_adapter_base(llm_adapter) if has_llm_adapter else None)
     if not llm_source:
-        raise ValueError(f"{model_path} holds no LLM (it did not train fully); pass the LLM it was trained from as "
+        raise CheckpointError(f"{model_path} holds no LLM (it did not train fully); pass the LLM it was trained from as "
                          "--model-base (model_base=...)")
     language_model = load_language_model(llm_source, AutoConfig.from_pretrained(llm_source), options)
     if has_llm_adapter:
@@ -92,7 +92,7 @@ def load(model_path: str, options: ImportOptions) -> tuple[Any, Any, Any]:
     tower_folder = os.path.join(model_path, TOWER_DIR)
     tower_source = tower_folder if os.path.isdir(tower_folder) else options.vision_tower
     if tower_source is None:
-        raise ValueError(f"{model_path} holds no {TOWER_DIR}/ (the tower was frozen); pass the tower it was trained "
+        raise CheckpointError(f"{model_path} holds no {TOWER_DIR}/ (the tower was frozen); pass the tower it was trained "
                          "with as --vision-tower (vision_tower=...), e.g. openai/clip-vit-large-patch14-336")
     vision_config = load_vision_config(tower_source)
     if tower_source == tower_folder:
@@ -115,7 +115,7 @@ def load(model_path: str, options: ImportOptions) -> tuple[Any, Any, Any]:
         projector_weights=projector,
         source=model_path,
         vision_feature_layer=XTUNER_SELECT_LAYER,
-        vision_feature_select_strategy="default" if vision_tower_spec(vision_config).has_cls_token else "full",
+        vision_feature_select_strategy=None,  # the tower's default: XTuner drops CLS where there is one
         image_aspect_ratio="pad",
         mm_vision_tower=options.vision_tower or tower_source,
     )

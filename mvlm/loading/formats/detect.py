@@ -6,11 +6,11 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from mvlm.convert.formats.common import ImportOptions, read_config_dict
-from mvlm.convert.formats.hf_llava import is_hf_llava
-from mvlm.convert.formats.llava import is_official_llava
-from mvlm.convert.formats.mipha import is_mipha
-from mvlm.convert.formats.xtuner import is_xtuner
+from mvlm.loading.formats.common import ImportOptions, read_config_dict
+from mvlm.loading.formats.hf_llava import is_hf_llava
+from mvlm.loading.formats.llava import is_official_llava
+from mvlm.loading.formats.mipha import is_mipha
+from mvlm.loading.formats.xtuner import is_xtuner
 
 FORMAT_NAMES = {
     "hf_llava": "HuggingFace LLaVA (LlavaForConditionalGeneration)",
@@ -36,6 +36,6 @@ def detect_format(model_path: str) -> str | None:
 
 def load_foreign(model_path: str, format_name: str, options: ImportOptions) -> tuple[Any, Any, Any]:
     """(model, tokenizer, image_processor) of a foreign checkpoint, as an mvlm `LlavaForCausalLM`."""
-    module = importlib.import_module(f"mvlm.convert.formats.{format_name}")
+    module = importlib.import_module(f"mvlm.loading.formats.{format_name}")
     return module.load(model_path, options)
 
