@@ -30,6 +30,6 @@ setup(
         "train": ["deepspeed>=0.15"],
         "gpu": ["flash-attn>=2.5", "bitsandbytes>=0.43"],
         "serve": ["fastapi>=0.110", "uvicorn>=0.29", "httpx>=0.27", "gradio>=4.0"],
-        "dev": ["pytest>=8.0", "pytest-timeout>=2.3", "bitsandbytes>=0.45"],
+        "dev": ["pytest>=8.0", "pytest-timeout>=2.3", "bitsandbytes>=0.45", "import-linter>=2.0"],
     },
 )

@@ -19,12 +19,15 @@ from transformers import (
     SiglipVisionModel,
 )
 
-from mvlm.loading.formats import detect_format
+from mvlm.data.check import load_length_check
 from mvlm.loading import load_pretrained_model
+from mvlm.loading.formats import detect_format
 from mvlm.model.builder import build_model
 from mvlm.model.modeling import LlavaForCausalLM
-from tests.helpers import foreign_formats
+from mvlm.train.train import main as train_main
+from tests.helpers import foreign_formats, synthetic
 from tests.test_model import make_batch
+from tests.test_train import common_flags
 
 ATOL = 1e-4
 
@@ -250,3 +253,24 @@ def test_to_mvlm_cli_writes_a_checkpoint_with_the_same_logits(checkpoints, tmp_p
     assert_same_model(model, tokenizer, reference, reference_tokenizer)
     again = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert again.returncode != 0 and "exists and is not an empty folder" in again.stderr
+
+
+def test_training_continues_from_a_foreign_folder(checkpoints, tmp_path):
+    """`--model_name_or_path` takes any folder the loader reads: an official LLaVA folder trains on as the
+    model it holds (its tower, projector and LLM), and the data check counts its image tokens."""
+    reference, _, _ = reference_model(checkpoints, "llama", "clip")
+    folder = foreign_formats.write_official_llava(
+        str(tmp_path / "llava"), checkpoints("llm", "llama"), checkpoints("tower", "clip"), reference,
+        mm_vision_tower=checkpoints("tower", "clip"))
+    length_check, note = load_length_check(folder, None, "patch")
+    assert length_check.num_image_tokens == reference.num_image_tokens and "tokens per image" in note
+    data_folder = str(tmp_path / "data")
+    data_path = synthetic.write_dataset(data_folder, 8, seed=1, kind="qa")
+    out = str(tmp_path / "out")
+    train_main(common_flags(checkpoints, data_path, data_folder, out, "--version", "v1", "--max_steps", "1",
+                            "--learning_rate", "0", "--weight_decay", "0", "--model_name_or_path", folder))
+    _, trained, _, _ = load_pretrained_model(out)
+    expected = {key: value for key, value in reference.state_dict().items()}
+    got = trained.state_dict()
+    assert got.keys() == expected.keys()
+    assert all(torch.equal(got[key], expected[key]) for key in expected)  # the folder's weights, not a fresh build

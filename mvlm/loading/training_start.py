@@ -1,7 +1,8 @@
 """What a training run starts from, as its flags say; read once for training and the data check.
 
-`--model_name_or_path` is either a full mvlm checkpoint, which training continues (its tokenizer, tower
-and projector), or an LLM, which training joins to `--vision_tower` through a fresh projector. The data
+`--model_name_or_path` is either a model folder the one loader reads (a full mvlm checkpoint, or a
+HuggingFace LLaVA, official LLaVA, Mipha or XTuner folder), which training continues (its tokenizer,
+tower and projector), or an LLM, which training joins to `--vision_tower` through a fresh projector. The data
 check asks the same question without loading any weights: which tokenizer, image processor and image
 token count will training use.
 """
@@ -9,6 +10,7 @@ token count will training use.
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any
 
 import torch
@@ -16,6 +18,7 @@ from transformers import AutoConfig, BitsAndBytesConfig, PreTrainedTokenizerBase
 
 from mvlm.data.processors import load_processors, load_tokenizer
 from mvlm.errors import FlagError
+from mvlm.loading.formats import detect_format
 from mvlm.loading.kinds import is_full_checkpoint
 from mvlm.loading.loader import load_model
 from mvlm.model.builder import build_model, load_image_processor
@@ -33,8 +36,13 @@ class TrainingStart:
 
     @property
     def continues_checkpoint(self) -> bool:
-        """True when `model_name_or_path` is a full mvlm checkpoint (the tower flags are then not used)."""
-        return is_full_checkpoint(self.model_name_or_path)
+        """True when `model_name_or_path` is a whole vision-language model (the tower flags are then not used)."""
+        return is_full_checkpoint(self.model_name_or_path) or self.foreign_format is not None
+
+    @property
+    def foreign_format(self) -> str | None:
+        """The format of a foreign folder (`mvlm.loading.formats`), None for anything else."""
+        return detect_format(self.model_name_or_path) if os.path.isdir(self.model_name_or_path) else None
 
     @property
     def select_strategy(self) -> str | None:
@@ -60,7 +68,11 @@ class TrainingProcessors:
 
 
 def training_processors(start: TrainingStart) -> TrainingProcessors:
-    """The tokenizer, image processor and image token count training will use, without loading weights."""
+    """The tokenizer, image processor and image token count training will use; without loading weights, except
+    for a foreign folder, whose model is assembled to be sure (the counts follow from how it is read)."""
+    if start.foreign_format is not None:
+        loaded = load_model(start.model_name_or_path)
+        return TrainingProcessors(loaded.tokenizer, loaded.image_processor, loaded.model.num_image_tokens)
     if start.continues_checkpoint:
         tokenizer, image_processor = load_processors(start.model_name_or_path)
         config = AutoConfig.from_pretrained(start.model_name_or_path)
