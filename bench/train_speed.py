@@ -77,7 +77,7 @@ class Size:
     llm: Callable[[int], Any]
     tower: Callable[[], Any]
     tower_class: type
-    template: str
+    conv_mode: str
     dtype: str
     batch_size: int
     max_length: int
@@ -90,7 +90,7 @@ SIZES = {
                                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096),
         tower=lambda: CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                        num_attention_heads=2, image_size=336, patch_size=14),
-        tower_class=CLIPVisionModel, template="vicuna_v1", dtype="fp32", batch_size=8, max_length=2048,
+        tower_class=CLIPVisionModel, conv_mode="vicuna_v1", dtype="fp32", batch_size=8, max_length=2048,
         vocab_size=1000,
     ),
     "phi2": Size(  # Mipha-3B's shapes: Phi-2 (2.7B) + SigLIP-so400m/384 (729 image tokens)
@@ -99,7 +99,7 @@ SIZES = {
                                     max_position_embeddings=2048),
         tower=lambda: SiglipVisionConfig(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27,
                                          num_attention_heads=16, image_size=384, patch_size=14),
-        tower_class=SiglipVisionModel, template="phi", dtype="bf16", batch_size=8, max_length=2048,
+        tower_class=SiglipVisionModel, conv_mode="phi", dtype="bf16", batch_size=8, max_length=2048,
         vocab_size=51200,
     ),
 }
@@ -151,7 +151,7 @@ def batches(size: Size, tokenizer: Any, image_processor: Any, num_image_tokens: 
             steps: int, packing: bool) -> list[dict]:
     """The first `steps` batches of a seeded shuffle, collated padded or packed (the same samples either way)."""
     dataset = LazySupervisedDataset(load_samples([data]), tokenizer, image_processor, DataConfig(
-        template=size.template, num_image_tokens=num_image_tokens, image_folder=folder, max_length=size.max_length))
+        conv_mode=size.conv_mode, num_image_tokens=num_image_tokens, image_folder=folder, max_length=size.max_length))
     loader = DataLoader(dataset, batch_size=size.batch_size, shuffle=True, drop_last=True,
                         generator=torch.Generator().manual_seed(0),
                         collate_fn=SupervisedCollator(tokenizer.pad_token_id, packing=packing))

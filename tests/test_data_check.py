@@ -290,7 +290,7 @@ def test_dataset_rejects_exactly_what_check_reports_with_the_same_message(fixtur
     check's message."""
     length_check, image_processor = training_pieces
     samples = fixture["samples"]
-    config = DataConfig(template="vicuna_v1", num_image_tokens=length_check.num_image_tokens,
+    config = DataConfig(conv_mode="vicuna_v1", num_image_tokens=length_check.num_image_tokens,
                         image_folder=fixture["images"], max_length=MAX_LENGTH)
     problems = {problem.index: problem for problem in check_samples(samples, config, length_check)
                 if not problem.warning}
@@ -397,7 +397,7 @@ def test_modality_lengths_survive_malformed_samples(fixture, training_pieces):
     """--group_by_modality_length measures every sample at start-up: a malformed one must not crash it there
     (it is reported when built); well-formed samples get their usual signed lengths."""
     length_check, image_processor = training_pieces
-    config = DataConfig(template="vicuna_v1", num_image_tokens=4, image_folder=fixture["images"])
+    config = DataConfig(conv_mode="vicuna_v1", num_image_tokens=4, image_folder=fixture["images"])
     lengths = LazySupervisedDataset(fixture["samples"], length_check.tokenizer, image_processor, config).modality_lengths
     assert len(lengths) == len(fixture["samples"])
     by_id = {sample["id"]: length for sample, length in zip(fixture["samples"], lengths)}

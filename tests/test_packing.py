@@ -56,7 +56,7 @@ def qa_features(checkpoints, data, family):  # noqa: F811
     model.eval()
     template = {"phi": "phi", "phi3": "phi3_chat", "gemma": "gemma", "qwen2": "chatml_direct"}.get(family, "vicuna_v1")
     dataset = LazySupervisedDataset(load_samples(data["qa"]), tokenizer, image_processor,
-                                    DataConfig(template=template, num_image_tokens=model.num_image_tokens,
+                                    DataConfig(conv_mode=template, num_image_tokens=model.num_image_tokens,
                                                image_folder=data["folder"]))
     features = [dataset[index] for index in range(8)]  # images and text-only samples (every 5th)
     assert any(feature["pixel_values"] is None for feature in features)

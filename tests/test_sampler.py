@@ -53,7 +53,7 @@ def test_lengths_count_tokens_with_images_and_sign_the_modality(checkpoints, tmp
     model, tokenizer, image_processor = build_model(checkpoints("llm", "llama"), checkpoints("tower", "clip"))
     path = synthetic.write_dataset(str(tmp_path), 10, seed=4, kind="qa", text_only_every=3)
     dataset = LazySupervisedDataset(load_samples(path), tokenizer, image_processor,
-                                    DataConfig(template="vicuna_v1", num_image_tokens=model.num_image_tokens,
+                                    DataConfig(conv_mode="vicuna_v1", num_image_tokens=model.num_image_tokens,
                                                image_folder=str(tmp_path)))
     for index, length in enumerate(dataset.modality_lengths):
         sample = dataset.samples[index]

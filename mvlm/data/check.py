@@ -132,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
         args.model_name_or_path, args.vision_tower, args.mm_vision_select_feature
     )
     config = DataConfig(
-        template=args.version,
+        conv_mode=args.version,
         num_image_tokens=length_check.num_image_tokens if length_check else 0,
         image_folder=args.image_folder,
         image_aspect_ratio=args.image_aspect_ratio,
@@ -166,11 +166,11 @@ def _check_template(config: DataConfig, length_check: LengthCheck | None) -> Non
     probe = {"id": "probe", "conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "ok"}]}
     try:
         if length_check is None:
-            get_conversation(config.template)
+            get_conversation(config.conv_mode)
         else:
-            tokenize_sample(probe, length_check.tokenizer, config.template, config.num_image_tokens)
+            tokenize_sample(probe, length_check.tokenizer, config.conv_mode, config.num_image_tokens)
     except ValueError as error:
-        raise UsageError(f"--version {config.template}: {error}") from error
+        raise UsageError(f"--version {config.conv_mode}: {error}") from error
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -35,7 +35,8 @@ class BadSampleError(DataError):
 class DataConfig:
     """How samples become model inputs; mirrors the data flags of `mvlm.train.arguments`."""
 
-    template: str
+    conv_mode: str
+    """The chat template's name (training's `--version`)."""
     num_image_tokens: int
     image_folder: str | None = None
     image_aspect_ratio: str = "pad"
@@ -88,13 +89,13 @@ class LazySupervisedDataset(Dataset):
         config = self.config
         images = load_sample_images(sample, config.image_folder)
         if not images:
-            tokens = tokenize_sample(sample, self.tokenizer, config.template, config.num_image_tokens, config.max_length)
+            tokens = tokenize_sample(sample, self.tokenizer, config.conv_mode, config.num_image_tokens, config.max_length)
             return {"input_ids": tokens["input_ids"], "labels": tokens["labels"], "pixel_values": None}
         views = process_images(images, self.image_processor, config.image_aspect_ratio, config.image_grid_pinpoints)
         # One (views, 3, H, W) tensor per image: anyres images have several views, the other modes one.
         per_image = [image_views.reshape(-1, *image_views.shape[-3:]) for image_views in views]
         counts = [len(image_views) * config.num_image_tokens for image_views in per_image]
-        tokens = tokenize_sample(sample, self.tokenizer, config.template, counts, config.max_length)
+        tokens = tokenize_sample(sample, self.tokenizer, config.conv_mode, counts, config.max_length)
         kept = per_image[: tokens["num_images"]]
         pixel_values = torch.cat(kept) if kept else None
         return {"input_ids": tokens["input_ids"], "labels": tokens["labels"], "pixel_values": pixel_values}

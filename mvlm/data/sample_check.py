@@ -82,11 +82,11 @@ def _length_problems(
 ) -> list[Problem]:
     """Tokenize as the dataset does; raises SampleError (too long, empty answer, structure), warns on a cut."""
     per_image = counts if counts else config.num_image_tokens
-    full = tokenize_sample(sample, length_check.tokenizer, config.template, per_image)
+    full = tokenize_sample(sample, length_check.tokenizer, config.conv_mode, per_image)
     length = len(full["input_ids"])
     if config.max_length is None or length <= config.max_length:
         return []
-    cut = tokenize_sample(sample, length_check.tokenizer, config.template, per_image, config.max_length)
+    cut = tokenize_sample(sample, length_check.tokenizer, config.conv_mode, per_image, config.max_length)
     lost = int((full["labels"] != IGNORE_INDEX).sum() - (cut["labels"] != IGNORE_INDEX).sum())
     return [Problem(index, "truncated", f"{length} tokens (images included) > model_max_length={config.max_length}; "
                     f"training cuts it to {len(cut['input_ids'])}, losing {lost} answer token(s)", warning=True)]

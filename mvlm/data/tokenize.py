@@ -45,15 +45,15 @@ def bos_prefix(tokenizer: PreTrainedTokenizerBase) -> list[int]:
 
 
 def conversation_from_sample(
-    sample: dict[str, Any], template: str | Conversation, tokenizer: PreTrainedTokenizerBase | None = None
+    sample: dict[str, Any], conv_mode: str | Conversation, tokenizer: PreTrainedTokenizerBase | None = None
 ) -> Conversation:
-    """LLaVA `conversations` -> a Conversation of `template`, `<image>` placed as LLaVA does.
+    """LLaVA `conversations` -> a Conversation of the template `conv_mode`, `<image>` placed as LLaVA does.
 
     Each turn's `<image>` tags move to the start of that turn, each followed by a newline; a sample with
     images but no tag gets them at the start of its first turn. A leading `system` message replaces the
     template's system prompt. A sample that breaks LLaVA's rules raises SampleError (mvlm.data.validate).
     """
-    conv = get_conversation(template, tokenizer) if isinstance(template, str) else template.copy()
+    conv = get_conversation(conv_mode, tokenizer) if isinstance(conv_mode, str) else conv_mode.copy()
     system, turns = validate_conversation(sample)
     if system is not None:
         conv.system = system
@@ -141,7 +141,7 @@ def _encode_chunk(tokenizer: PreTrainedTokenizerBase, text: str, anchor_id: int,
 def tokenize_sample(
     sample: dict[str, Any],
     tokenizer: PreTrainedTokenizerBase,
-    template: str | Conversation,
+    conv_mode: str | Conversation,
     num_image_tokens: int | Sequence[int],
     max_length: int | None = None,
 ) -> dict[str, Any]:
@@ -152,7 +152,7 @@ def tokenize_sample(
     tokens, and images past the cut are dropped with their tokens.
     """
     name = sample_id(sample)
-    conv = conversation_from_sample(sample, template, tokenizer)  # validates the sample's structure
+    conv = conversation_from_sample(sample, conv_mode, tokenizer)  # validates the sample's structure
     tokens = tokenize_pieces(conv.pieces(), tokenizer, num_image_tokens)
     cut = len(tokens.input_ids) if max_length is None else min(max_length, len(tokens.input_ids))
     for start, end in tokens.image_blocks:

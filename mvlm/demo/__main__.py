@@ -42,7 +42,7 @@ class DemoConfig:
     caption_images: int = 3000
     test_per_category: int = 100
     describe_fraction: float = 0.3
-    template: str = "mistral_instruct"
+    conv_mode: str = "mistral_instruct"
     control_tokens: tuple[str, ...] = ("[INST]", "[/INST]")
     stage1_steps: int = 50
     stage1_batch: int = 64
@@ -132,7 +132,7 @@ def train(config: DemoConfig, data: DemoData, llm: str, tower: str, folder: str,
         "stage 1 (scripts/pretrain.sh)", env=recipe)
     clock.step(f"stage 2: scripts/finetune.sh, projector and LM learn to answer ({config.stage2_steps} steps)")
     run(["bash", os.path.join(SCRIPTS, "finetune.sh"), *common,
-         "--version", config.template, "--data_path", data.instruct, "--output_dir", stage2,
+         "--version", config.conv_mode, "--data_path", data.instruct, "--output_dir", stage2,
          "--pretrain_mm_mlp_adapter", os.path.join(stage1, "mm_projector.safetensors"),
          "--max_steps", str(config.stage2_steps), "--per_device_train_batch_size", str(config.stage2_batch),
          "--learning_rate", str(config.stage2_lr)],

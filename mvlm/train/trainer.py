@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from transformers import Trainer
 
 from mvlm.data.dataset import SKIPPED_KEY
