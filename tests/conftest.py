@@ -8,7 +8,9 @@ import pytest
 import torch
 
 from mvlm.data.processors import add_image_token
+from mvlm.loading import load_pretrained_model
 from tests.helpers import tiny
+from tests.helpers.chat_model import save_chat_checkpoint
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(2)
@@ -52,3 +54,16 @@ def eight_gpus(tmp_path) -> dict[str, str]:
     fake.write_text("#!/bin/sh\nfor i in 0 1 2 3 4 5 6 7; do echo \"GPU $i: NVIDIA H100 80GB HBM3 (UUID: GPU-$i)\"; done\n")
     fake.chmod(0o755)
     return {"PATH": f"{tmp_path}{os.pathsep}{os.environ['PATH']}"}
+
+
+@pytest.fixture(scope="module")
+def model_dir(checkpoints, tmp_path_factory):
+    """A chat checkpoint per test module (tests.helpers.chat_model: the v1 template, padded images)."""
+    return save_chat_checkpoint(checkpoints, str(tmp_path_factory.mktemp("ckpt") / "chat-model"))
+
+
+@pytest.fixture(scope="module")
+def loaded(model_dir):
+    """(tokenizer, model, image_processor) of `model_dir`, loaded once per module for reference answers."""
+    tokenizer, model, image_processor, _ = load_pretrained_model(model_dir)
+    return tokenizer, model, image_processor

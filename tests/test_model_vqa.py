@@ -30,7 +30,7 @@ from mvlm.inference import (
     generation_config,
     left_padded_batch,
 )
-from tests.helpers.chat_model import loaded, model_dir, save_chat_checkpoint  # noqa: F401 (loaded, model_dir: fixtures)
+from tests.helpers.chat_model import save_chat_checkpoint
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REFERENCE = "/work/shared/eval-reference"

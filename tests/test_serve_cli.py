@@ -26,7 +26,7 @@ from mvlm.data.images import process_images
 from mvlm.data.tokenize import tokenize_prompt
 from mvlm.serve import cli
 from mvlm.inference import StopStringStreamer
-from tests.helpers.chat_model import loaded, model_dir, save_chat_checkpoint  # noqa: F401 (loaded, model_dir: fixtures)
+from tests.helpers.chat_model import save_chat_checkpoint
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. "

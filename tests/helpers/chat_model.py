@@ -1,16 +1,11 @@
 """A tiny chat checkpoint for the CLI and runner tests: random weights spread wide enough that answers
 depend on the prompt and the image (at the default init every prompt gets much the same tokens).
-
-The fixtures `model_dir` and `loaded` are imported by those test modules (pytest then sees them there),
-so each module gets its own checkpoint, as before, without repeating the two fixtures.
+The fixtures `model_dir` and `loaded` (tests/conftest.py) save and load it once per test module.
 """
 
 from __future__ import annotations
 
-import pytest
 import torch
-
-from mvlm.loading import load_pretrained_model
 
 from mvlm.model.builder import build_model, save_checkpoint
 
@@ -33,16 +28,3 @@ def save_chat_checkpoint(checkpoints, folder: str, conv_mode: str | None = "v1",
     model.config.image_aspect_ratio = image_aspect_ratio
     save_checkpoint(folder, model, tokenizer, image_processor)
     return folder
-
-
-@pytest.fixture(scope="module")
-def model_dir(checkpoints, tmp_path_factory):
-    """The chat checkpoint of the importing test module (the v1 template, padded images)."""
-    return save_chat_checkpoint(checkpoints, str(tmp_path_factory.mktemp("ckpt") / "chat-model"))
-
-
-@pytest.fixture(scope="module")
-def loaded(model_dir):
-    """(tokenizer, model, image_processor) of `model_dir`, loaded once per module for reference answers."""
-    tokenizer, model, image_processor, _ = load_pretrained_model(model_dir)
-    return tokenizer, model, image_processor
