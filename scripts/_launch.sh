@@ -1,5 +1,7 @@
 # Sourced (not run) by scripts/pretrain.sh and scripts/finetune*.sh: the one place that decides how a
-# training command is launched, so that the four scripts only hold their recipes.
+# training command is launched. The recipes (models, data, template, global batch, learning rates, epochs,
+# DeepSpeed config) live in Python, mvlm/train/recipes.py; this file chooses the launcher and the devices,
+# counts the processes, and asks `python -m mvlm.train.launch_plan` for the recipe's flags on them.
 #
 #   GPUs found (nvidia-smi) and deepspeed importable -> deepspeed --num_gpus NPROC ... --deepspeed zeroN.json
 #   else NPROC > 1                                   -> torchrun --standalone --nproc_per_node NPROC
@@ -11,51 +13,78 @@
 # (torchrun --nnodes --node_rank --master_addr --master_port, with --deepspeed zeroN.json where it applies).
 #
 # On a machine without a GPU the command gets --use_cpu True and no --bf16 / --tf32 / --deepspeed
-# (bf16 is very slow on CPUs, tf32 is CUDA-only). The user's own arguments always come last, and the
-# last occurrence of a flag wins (argparse), so any flag the script sets can be overridden.
+# (bf16 is very slow on CPUs, tf32 is CUDA-only). The command is: the launcher, mvlm.train.train, the
+# device flags, the recipe's flags that nothing below sets, the flags of the environment variables below,
+# then the user's own arguments, last and unchanged: the last occurrence of a flag wins (argparse), so any
+# flag can be overridden. The global batch is kept on any hardware: gradient_accumulation_steps =
+# GLOBAL_BATCH / (per-device batch x processes in all), unless the user passes it.
 #
-# Environment: PYTHON (default: python3, i.e. the activated venv's), LAUNCHER (auto | deepspeed |
-# torchrun | python), NPROC (processes per machine; default: the number of GPUs, or 1; with HOSTFILE:
-# each host's slots), HOSTFILE, NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT (default 29500), BF16, TF32
-# (True/False, GPU only), DRY_RUN=1 (print the command and stop).
+# ---- every environment variable the scripts read (unset or empty: the default named) ----
+# The launch:
+#   PYTHON       the interpreter with mvlm installed (default python3, i.e. the activated venv's)
+#   LAUNCHER     auto | deepspeed | torchrun | python (default auto, as above)
+#   NPROC        processes per machine (default: the GPUs this process may use, or 1; with HOSTFILE: each
+#                host's slots); CUDA_VISIBLE_DEVICES narrows the GPUs counted
+#   HOSTFILE     DeepSpeed's hostfile: start every machine it lists from this one
+#   NNODES       machines, each running the script itself with its NODE_RANK (0 ... NNODES-1)
+#   NODE_RANK    this machine's number, with NNODES > 1
+#   MASTER_ADDR  the address of the NODE_RANK=0 machine (NNODES > 1; optional with HOSTFILE)
+#   MASTER_PORT  its port (default 29500)
+#   BF16, TF32   True/False, on GPUs only (default True)
+#   DRY_RUN      1: print the command, one shell-quoted line, and run nothing
+#   MVLM_SCRIPT  the script named in messages (default: the one run)
+# The recipe:
+#   RECIPE            one of mvlm/train/recipes.py's (default mipha3b; a wrong name lists them)
+#   GLOBAL_BATCH      samples per optimizer step over all processes (default: the recipe's)
+#   OUTPUT_SUFFIX     stage 2: write to ./checkpoints/<model><suffix> (default: the recipe's folder)
+#   DEEPSPEED_CONFIG  the DeepSpeed config on GPUs (default: the recipe's, scripts/zero2.json or zero3.json)
+# and one variable per flag, MVLM_FLAG_VARIABLES below: set, it passes that flag (LEARNING_RATE=2e-3 ->
+# --learning_rate 2e-3) in place of the recipe's value.
+
+# VARIABLE, the flag of mvlm.train.train it sets, and the runs that read it: all, stage 2, or the LoRA
+# scripts (finetune_lora.sh and finetune_qlora.sh; qlora: finetune_qlora.sh alone).
+MVLM_FLAG_VARIABLES=(
+    "MODEL_NAME_OR_PATH        model_name_or_path           all"    # the LLM, or an mvlm checkpoint to continue
+    "VISION_TOWER              vision_tower                 all"
+    "PROMPT_VERSION            version                      all"    # the chat template
+    "DATA_PATH                 data_path                    all"
+    "IMAGE_FOLDER              image_folder                 all"
+    "OUTPUT_DIR                output_dir                   all"
+    "MM_PROJECTOR_TYPE         mm_projector_type            all"
+    "MM_VISION_SELECT_LAYER    mm_vision_select_layer       all"
+    "IMAGE_ASPECT_RATIO        image_aspect_ratio           all"
+    "PER_DEVICE_BATCH          per_device_train_batch_size  all"
+    "LEARNING_RATE             learning_rate                all"
+    "NUM_TRAIN_EPOCHS          num_train_epochs             all"
+    "MODEL_MAX_LENGTH          model_max_length             all"
+    "WEIGHT_DECAY              weight_decay                 all"
+    "WARMUP_RATIO              warmup_steps                 all"    # below 1, a ratio; --warmup_* replace it
+    "LR_SCHEDULER_TYPE         lr_scheduler_type            all"
+    "GRADIENT_CHECKPOINTING    gradient_checkpointing       all"
+    "SAVE_STEPS                save_steps                   all"
+    "SAVE_TOTAL_LIMIT          save_total_limit             all"
+    "NUM_WORKERS               dataloader_num_workers       all"
+    "REPORT_TO                 report_to                    all"
+    "PRETRAIN_MM_MLP_ADAPTER   pretrain_mm_mlp_adapter      2"      # set but empty: none (continue a checkpoint)
+    "GROUP_BY_MODALITY_LENGTH  group_by_modality_length     2"
+    "UNFREEZE_MM_VISION_TOWER  unfreeze_mm_vision_tower     2"
+    "MM_VISION_TOWER_LR        mm_vision_tower_lr           2"
+    "LORA_R                    lora_r                       lora"
+    "LORA_ALPHA                lora_alpha                   lora"
+    "LORA_DROPOUT              lora_dropout                 lora"
+    "MM_PROJECTOR_LR           mm_projector_lr              lora"
+    "BITS                      bits                         qlora"
+    "QUANT_TYPE                quant_type                   qlora"
+    "DOUBLE_QUANT              double_quant                 qlora"
+)
 
 MVLM_SCRIPTS_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-MVLM_RECIPES="mipha3b (default), llava15, phi3mini"
+# The script the user ran (messages name the one the user typed).
+MVLM_SCRIPT="${MVLM_SCRIPT:-$(basename "$0")}"
 
 mvlm_die() {
     echo "mvlm: $*" >&2
     exit 2
-}
-
-# The script the user ran (finetune_lora.sh runs finetune.sh; messages name the one the user typed).
-MVLM_SCRIPT="${MVLM_SCRIPT:-$(basename "$0")}"
-
-mvlm_unknown_recipe() {
-    mvlm_die "unknown RECIPE='$1' for $MVLM_SCRIPT; choose one of: $MVLM_RECIPES (e.g. RECIPE=llava15 bash scripts/$MVLM_SCRIPT ...)"
-}
-
-# The last value given on the command line to the flag $1 ("--name value" or "--name=value"), else $2.
-mvlm_flag_value() {
-    local flag="--$1" value="$2"
-    shift 2
-    while [ $# -gt 0 ]; do
-        case "$1" in
-            "$flag") [ $# -ge 2 ] && value="$2" ;;
-            "$flag="*) value="${1#*=}" ;;
-        esac
-        shift
-    done
-    printf '%s\n' "$value"
-}
-
-mvlm_has_flag() {
-    local flag="--$1"
-    shift
-    local arg
-    for arg in "$@"; do
-        case "$arg" in "$flag" | "$flag="*) return 0 ;; esac
-    done
-    return 1
 }
 
 # GPUs this process may use: those nvidia-smi lists, narrowed by CUDA_VISIBLE_DEVICES when it is set.
@@ -190,36 +219,6 @@ mvlm_read_hostfile() {
     [ "$MVLM_SLOTS" -gt 0 ] || mvlm_die "HOSTFILE=$HOSTFILE lists no slots; $format"
 }
 
-# The batch flags that keep GLOBAL_BATCH on any hardware: gradient_accumulation_steps = GLOBAL_BATCH /
-# (per-device batch x processes in all: NPROC x NNODES, or HOSTFILE's slots), the per-device batch being
-# --per_device_train_batch_size when the user passes it, else PER_DEVICE_BATCH. A user's own
-# --gradient_accumulation_steps wins. Sets MVLM_BATCH_FLAGS.
-mvlm_batch_flags() {
-    PER_DEVICE_BATCH="$(mvlm_flag_value per_device_train_batch_size "$PER_DEVICE_BATCH" "$@")"
-    MVLM_BATCH_FLAGS=(--per_device_train_batch_size "$PER_DEVICE_BATCH")
-    mvlm_has_flag gradient_accumulation_steps "$@" && return 0
-    local number
-    for number in "$GLOBAL_BATCH" "$PER_DEVICE_BATCH"; do
-        case "$number" in '' | *[!0-9]* | 0) mvlm_die "GLOBAL_BATCH and the per-device batch must be positive integers, got '$number'" ;; esac
-    done
-    local per_step=$((PER_DEVICE_BATCH * MVLM_WORLD))
-    if [ "$GLOBAL_BATCH" -lt "$per_step" ] || [ $((GLOBAL_BATCH % per_step)) -ne 0 ]; then
-        mvlm_die "GLOBAL_BATCH=$GLOBAL_BATCH is not a multiple of the per-device batch $PER_DEVICE_BATCH x" \
-            "$MVLM_WORLD_TEXT; change GLOBAL_BATCH, PER_DEVICE_BATCH (or --per_device_train_batch_size) or the" \
-            "number of processes, or pass --gradient_accumulation_steps yourself"
-    fi
-    MVLM_BATCH_FLAGS+=(--gradient_accumulation_steps $((GLOBAL_BATCH / per_step)))
-}
-
-# The script's warm-up, WARMUP_RATIO, unless the user passes --warmup_ratio or --warmup_steps: the trainer
-# refuses both together, so "the last flag wins" needs the script's own left out. Sets MVLM_WARMUP_FLAGS.
-mvlm_warmup_flags() {
-    MVLM_WARMUP_FLAGS=(--warmup_steps "$WARMUP_RATIO")  # transformers 5: --warmup_steps below 1 is a ratio
-    if mvlm_has_flag warmup_ratio "$@" || mvlm_has_flag warmup_steps "$@"; then
-        MVLM_WARMUP_FLAGS=()
-    fi
-}
-
 # What starts the training processes, up to the module `-m` runs; sets MVLM_START.
 mvlm_start_command() {
     local port="${MASTER_PORT:-29500}"
@@ -241,11 +240,48 @@ mvlm_start_command() {
     fi
 }
 
-# Run `python -m mvlm.train.train ARGS...` with the chosen launcher. $1: the DeepSpeed config to use
-# when launching with deepspeed; the rest: the script's flags followed by the user's.
+# The flags of the environment variables in MVLM_FLAG_VARIABLES that this run reads. $1: the stage, $2: the
+# variant (empty, lora or qlora). Sets MVLM_ENVIRONMENT_FLAGS.
+mvlm_environment_flags() {
+    local stage="$1" variant="$2" row variable flag runs
+    MVLM_ENVIRONMENT_FLAGS=()
+    for row in "${MVLM_FLAG_VARIABLES[@]}"; do
+        read -r variable flag runs <<<"$row"
+        case "$runs" in
+            all) ;;
+            2) [ "$stage" = 2 ] || continue ;;
+            lora) [ -n "$variant" ] || continue ;;
+            qlora) [ "$variant" = qlora ] || continue ;;
+        esac
+        if [ -n "${!variable:-}" ]; then
+            MVLM_ENVIRONMENT_FLAGS+=("--$flag" "${!variable}")
+        elif [ "$variable" = PRETRAIN_MM_MLP_ADAPTER ] && [ -n "${PRETRAIN_MM_MLP_ADAPTER+set}" ]; then
+            MVLM_ENVIRONMENT_FLAGS+=("--$flag" "")  # set but empty: no stage-1 projector
+        fi
+    done
+}
+
+# The recipe's flags for this launch, from mvlm.train.launch_plan. $1: the stage, $2: the variant; the rest:
+# the user's arguments. Sets MVLM_DEEPSPEED_CONFIG and MVLM_RECIPE_FLAGS (recipe and environment flags).
+mvlm_recipe_flags() {
+    local stage="$1" variant="$2"
+    shift 2
+    mvlm_environment_flags "$stage" "$variant"
+    local request=(--script "$MVLM_SCRIPT" --recipe="${RECIPE:-}" --stage "$stage" --processes "$MVLM_WORLD"
+        --processes-text="$MVLM_WORLD_TEXT")
+    if [ -n "$variant" ]; then request+=(--variant "$variant"); fi
+    if [ -n "${GLOBAL_BATCH:-}" ]; then request+=(--global-batch="$GLOBAL_BATCH"); fi
+    if [ "$stage" = 2 ] && [ -n "${OUTPUT_SUFFIX:-}" ]; then request+=(--output-suffix="$OUTPUT_SUFFIX"); fi
+    local plan
+    # One shell-quoted line (Python's shlex.join): the recipe's DeepSpeed config, then the flags.
+    plan="$("$PYTHON" -m mvlm.train.launch_plan "${request[@]}" -- "${MVLM_ENVIRONMENT_FLAGS[@]}" -- "$@")" || exit $?
+    eval "MVLM_RECIPE_FLAGS=($plan)"
+    MVLM_DEEPSPEED_CONFIG="${DEEPSPEED_CONFIG:-$MVLM_SCRIPTS_DIR/${MVLM_RECIPE_FLAGS[0]}}"
+    MVLM_RECIPE_FLAGS=("${MVLM_RECIPE_FLAGS[@]:1}")
+}
+
+# Run `python -m mvlm.train.train ARGS...` with the chosen launcher and this machine's device flags.
 mvlm_launch() {
-    local deepspeed_config="$1"
-    shift
     local device_flags=()
     if [ "$MVLM_GPUS" -gt 0 ]; then
         device_flags+=(--bf16 "${BF16:-True}" --tf32 "${TF32:-True}")
@@ -254,7 +290,7 @@ mvlm_launch() {
     fi
     mvlm_start_command
     local command=("${MVLM_START[@]}" mvlm.train.train)
-    if [ "$MVLM_LAUNCHER" = deepspeed ]; then command+=(--deepspeed "$deepspeed_config"); fi
+    if [ "$MVLM_LAUNCHER" = deepspeed ]; then command+=(--deepspeed "$MVLM_DEEPSPEED_CONFIG"); fi
     command+=("${device_flags[@]}" "$@")
     if [ "${DRY_RUN:-0}" = 1 ]; then  # print the command, one shell-quoted line, and stop
         printf '%q ' "${command[@]}"
@@ -265,47 +301,12 @@ mvlm_launch() {
     exec "${command[@]}"
 }
 
-# Launch one training stage: choose the launcher, keep GLOBAL_BATCH, and run mvlm.train.train with the
-# flags pretrain.sh and finetune.sh share, built from their variables (MODEL_NAME_OR_PATH ... REPORT_TO,
-# DEEPSPEED_CONFIG). Arguments: the stage's own flags, a lone `--`, then the user's arguments, which
-# come last so they win.
+# Launch one training stage of RECIPE. $1: the stage (1 or 2), $2: the variant (empty, lora or qlora);
+# the rest: the user's arguments, which come last so they win.
 mvlm_train_stage() {
-    local stage_flags=()
-    while [ $# -gt 0 ] && [ "$1" != "--" ]; do
-        stage_flags+=("$1")
-        shift
-    done
-    [ $# -gt 0 ] && shift  # the `--`
+    local stage="$1" variant="$2"
+    shift 2
     mvlm_choose_launcher
-    mvlm_batch_flags "$@"
-    mvlm_warmup_flags "$@"
-    mvlm_launch "$DEEPSPEED_CONFIG" \
-        --model_name_or_path "$MODEL_NAME_OR_PATH" \
-        --version "$PROMPT_VERSION" \
-        --data_path "$DATA_PATH" \
-        --image_folder "$IMAGE_FOLDER" \
-        --vision_tower "$VISION_TOWER" \
-        "${stage_flags[@]}" \
-        --mm_projector_type "$MM_PROJECTOR_TYPE" \
-        --mm_vision_select_layer "$MM_VISION_SELECT_LAYER" \
-        --mm_use_im_start_end False \
-        --mm_use_im_patch_token False \
-        --image_aspect_ratio "$IMAGE_ASPECT_RATIO" \
-        --output_dir "$OUTPUT_DIR" \
-        --num_train_epochs "$NUM_TRAIN_EPOCHS" \
-        "${MVLM_BATCH_FLAGS[@]}" \
-        --save_strategy steps \
-        --save_steps "$SAVE_STEPS" \
-        --save_total_limit "$SAVE_TOTAL_LIMIT" \
-        --learning_rate "$LEARNING_RATE" \
-        --weight_decay "$WEIGHT_DECAY" \
-        "${MVLM_WARMUP_FLAGS[@]}" \
-        --lr_scheduler_type "$LR_SCHEDULER_TYPE" \
-        --logging_steps 1 \
-        --model_max_length "$MODEL_MAX_LENGTH" \
-        --gradient_checkpointing "$GRADIENT_CHECKPOINTING" \
-        --dataloader_num_workers "$NUM_WORKERS" \
-        --lazy_preprocess True \
-        --report_to "$REPORT_TO" \
-        "$@"
+    mvlm_recipe_flags "$stage" "$variant" "$@"
+    mvlm_launch "${MVLM_RECIPE_FLAGS[@]}" "$@"
 }

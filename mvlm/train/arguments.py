@@ -14,9 +14,9 @@ import torch
 import transformers
 from transformers.utils import is_torch_hpu_available, is_torch_xla_available
 
+from mvlm.errors import FlagError
 
-class FlagError(ValueError):
-    """A flag, or a combination of flags, that cannot work: `main()` reports it as one line, no traceback."""
+__all__ = ["DataArguments", "FlagError", "ModelArguments", "TrainingArguments"]
 
 
 @dataclasses.dataclass

@@ -1,4 +1,10 @@
-"""`python -m mvlm.train.train`: parse LLaVA's flags, build the model, apply the policy, run Trainer."""
+"""`python -m mvlm.train.train`: parse LLaVA's flags, build the model, apply the policy, run Trainer.
+
+`--recipe NAME --stage 1|2` fills in a published recipe's flags (mvlm/train/recipe_flags.py) under the
+user's own; `--print-recipe` prints the resolved command and stops. A user's mistake (an MvlmError: a flag,
+the data, a missing file) stops with one `mvlm: ...` line and exit status 1; argparse's own usage errors
+keep status 2; anything else is a bug in mvlm and keeps its traceback.
+"""
 
 from __future__ import annotations
 
@@ -11,23 +17,33 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from mvlm.data.dataset import BadSampleError, DataConfig, LazySupervisedDataset, SupervisedCollator
 from mvlm.data.formats import DataFormatError, load_samples
+from mvlm.errors import DataError, FlagError, MvlmError
 from mvlm.model.projector_weights import find_projector_file
-from mvlm.train.arguments import DataArguments, FlagError, ModelArguments, TrainingArguments
+from mvlm.train.arguments import DataArguments, ModelArguments, TrainingArguments
 from mvlm.train.distributed import freeze_unreachable_tower_parameters, init_deepspeed_comm
 from mvlm.train.model_setup import load_model_for_training
 from mvlm.train.policy import apply_policy, policy_from_flags, policy_table
+from mvlm.train.recipe_flags import format_command, resolve
 from mvlm.train.trainer import MvlmTrainer
 
 logger = logging.getLogger("mvlm.train")
 
 
-def main(argv: list[str] | None = None) -> MvlmTrainer:
-    """Run one training; returns the Trainer (its model is the trained one)."""
-    parser = transformers.HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
+def main(argv: list[str] | None = None) -> MvlmTrainer | None:
+    """Run one training; returns the Trainer (its model is the trained one), or None after --print-recipe."""
     try:
-        model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
-    except FlagError as error:  # the user's flags, not our code: one line, as argparse reports its own errors
-        parser.exit(2, f"mvlm: {error}\n")
+        return _train(sys.argv[1:] if argv is None else list(argv))
+    except MvlmError as error:  # the user's input, not our code: one line, exit status 1
+        raise SystemExit(f"mvlm: {error}") from None
+
+
+def _train(argv: list[str]) -> MvlmTrainer | None:
+    request = resolve(argv)  # --recipe / --stage: the recipe's flags first, the user's after them
+    if request.print_only:
+        print(format_command(request.recipe, request.argv, request.processes), end="")
+        return None
+    parser = transformers.HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
+    model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=request.argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
 
     policy = policy_from_flags(
@@ -44,8 +60,10 @@ def main(argv: list[str] | None = None) -> MvlmTrainer:
         samples = load_samples(data_args.data_path)
         if model_args.pretrain_mm_mlp_adapter:
             find_projector_file(model_args.pretrain_mm_mlp_adapter)
-    except (DataFormatError, FileNotFoundError) as error:
-        sys.exit(f"mvlm: {error}")
+    except DataFormatError as error:  # a ValueError until mvlm.data's errors derive from mvlm.errors.DataError
+        raise DataError(str(error)) from error
+    except FileNotFoundError as error:  # --pretrain_mm_mlp_adapter names no projector file
+        raise FlagError(str(error)) from error
     transformers.set_seed(training_args.seed)  # the fresh projector and adapters are then the same in every run
     init_deepspeed_comm(training_args)  # before building: ZeRO-3 partitions the weights as they load
     model, tokenizer, image_processor = load_model_for_training(model_args, data_args, training_args, policy)
