@@ -29,7 +29,9 @@ setup(
     extras_require={
         "train": ["deepspeed>=0.15"],
         "gpu": ["flash-attn>=2.5", "bitsandbytes>=0.43"],
-        "serve": ["fastapi>=0.110", "uvicorn>=0.29", "httpx>=0.27", "gradio>=4.0"],
-        "dev": ["pytest>=8.0", "pytest-timeout>=2.3", "bitsandbytes>=0.45", "import-linter>=2.0"],
+        # Gradio: tested on 6.x (its chat components change between majors, which broke LLaVA's UI each time).
+        "serve": ["fastapi>=0.110", "uvicorn>=0.29", "httpx>=0.27", "openai>=1.40", "gradio>=6.0,<7"],
+        "dev": ["pytest>=8.0", "pytest-timeout>=2.3", "bitsandbytes>=0.45", "import-linter>=2.0", "openai>=1.40",
+                "selenium>=4.20"],
     },
 )

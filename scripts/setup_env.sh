@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Create .venv on first use (or when setup.py or the extras changed) with the CPU build of torch and
-# mvlm[dev,train] (train: DeepSpeed, which tests/test_distributed.py runs on the CPU).
+# mvlm[dev,train,serve] (train: DeepSpeed, which tests/test_distributed.py runs on the CPU; serve: the
+# OpenAI-compatible server and the Gradio UI, which the tests run).
 # Sourced by scripts/test.sh and scripts/demo.sh; needs only python3.
 set -euo pipefail
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$REPO_ROOT/.venv"
 STAMP="$VENV/.mvlm-installed"
-EXTRAS="dev,train"
+EXTRAS="dev,train,serve"
 WANT="$(python3 -c 'import hashlib,sys; print(hashlib.sha256(open(sys.argv[1],"rb").read()).hexdigest())' "$REPO_ROOT/setup.py") $EXTRAS"
 if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
     echo "[mvlm] setting up $VENV (first use, or setup.py or the extras changed)"
