@@ -14,9 +14,9 @@
 #
 # On a machine without a GPU the command gets --use_cpu True and no --bf16 / --tf32 / --deepspeed
 # (bf16 is very slow on CPUs, tf32 is CUDA-only). The command is: the launcher, mvlm.train.train, the
-# device flags, the recipe's flags that nothing below sets, the flags of the environment variables below,
-# then the user's own arguments, last and unchanged: the last occurrence of a flag wins (argparse), so any
-# flag can be overridden. The global batch is kept on any hardware: gradient_accumulation_steps =
+# DeepSpeed config (under DeepSpeed), the device flags, the recipe's flags that nothing below sets, the flags
+# of the environment variables below, then the user's own arguments, last and unchanged: the last occurrence
+# of a flag wins (argparse), so any flag can be overridden. The global batch is kept on any hardware: gradient_accumulation_steps =
 # GLOBAL_BATCH / (per-device batch x processes in all), unless the user passes it.
 #
 # ---- every environment variable the scripts read (unset or empty: the default named) ----
@@ -267,7 +267,7 @@ mvlm_recipe_flags() {
     local stage="$1" variant="$2"
     shift 2
     mvlm_environment_flags "$stage" "$variant"
-    local request=(--script "$MVLM_SCRIPT" --recipe="${RECIPE:-}" --stage "$stage" --processes "$MVLM_WORLD"
+    local request=(--script="$MVLM_SCRIPT" --recipe="${RECIPE:-}" --stage "$stage" --processes "$MVLM_WORLD"
         --processes-text="$MVLM_WORLD_TEXT")
     if [ -n "$variant" ]; then request+=(--variant "$variant"); fi
     if [ -n "${GLOBAL_BATCH:-}" ]; then request+=(--global-batch="$GLOBAL_BATCH"); fi

@@ -242,7 +242,7 @@ def test_print_recipe_prints_a_command_a_user_can_copy():
     not exist), exits 0, and what it prints runs in a shell as the same flags."""
     result = run_train("--recipe", "mipha3b", "--stage", "2", "--print-recipe", "--vision_tower", "/no/such/tower")
     assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith("# mipha3b stage 2 (visual instruction tuning): Mipha-3B")
+    assert result.stdout.startswith("# mipha3b stage 2 (visual instruction tuning): Mipha-3B (Phi-2 + ")
     # The printed text as a shell reads it, with `python` standing for a program that lists its arguments.
     shell = subprocess.run(["bash", "-c", "python() { printf '%s\\0' \"$@\"; }\n" + result.stdout],
                            capture_output=True, text=True, timeout=60)
@@ -252,11 +252,13 @@ def test_print_recipe_prints_a_command_a_user_can_copy():
     flags = flag_values(tokens[2:])
     assert (flags["model_name_or_path"], flags["version"], flags["learning_rate"], flags["num_train_epochs"]) == (
         "microsoft/phi-2", "phi", "2e-5", "2")
-    assert (flags["data_path"], flags["vision_tower"]) == ("./playground/data/llava_v1_5_mix665k.json", "/no/such/tower")
+    assert flags["data_path"] == "./playground/data/llava_v1_5_mix665k.json"
+    assert flags["vision_tower"] == "/no/such/tower"
     assert (flags["per_device_train_batch_size"], flags["gradient_accumulation_steps"]) == ("4", "32")  # 1 process
     assert tokens[2:] == resolve(["--recipe", "mipha3b", "--stage", "2", "--vision_tower", "/no/such/tower"],
                                  processes=1).argv
-    assert "--deepspeed scripts/zero3.json" in result.stdout  # where a GPU run gets it, in a comment
+    comments = " ".join(line.lstrip("# ") for line in result.stdout.splitlines() if line.startswith("#"))
+    assert "--deepspeed scripts/zero3.json --bf16 True" in comments  # what the scripts add on GPUs
 
 
 def test_an_unknown_recipe_is_one_line_naming_the_known_ones():
@@ -338,8 +340,8 @@ def test_batch_numbers_must_be_positive_integers(value):
 def test_the_scripts_plan_keeps_the_environments_flags_before_the_users():
     recipe = script_recipe("pretrain.sh", "", 1, None, "4", None)
     assert recipe.name == DEFAULT_RECIPE and recipe.global_batch == 4
-    plan = launch_plan(recipe, ["--learning_rate", "2e-3", "--warmup_steps", "0.1", "--per_device_train_batch_size", "2"],
-                       ["--learning_rate", "5e-4", "--warmup_ratio", "0.05"], 1, "NPROC=1")
+    environment = ["--learning_rate", "2e-3", "--warmup_steps", "0.1", "--per_device_train_batch_size", "2"]
+    plan = launch_plan(recipe, environment, ["--learning_rate", "5e-4", "--warmup_ratio", "0.05"], 1, "NPROC=1")
     assert plan.deepspeed == "zero2.json"
     flags = flag_values(plan.flags)
     assert (flags["learning_rate"], flags["per_device_train_batch_size"], flags["gradient_accumulation_steps"]) == (

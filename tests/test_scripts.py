@@ -324,7 +324,8 @@ def test_an_unknown_recipe_stops_with_the_choices(script):
     assert result.returncode == 2
     assert result.stderr.strip() == (
         f"mvlm: unknown RECIPE='llava16' for {script}; choose one of: mipha3b (default), mipha2.4b, mipha1.6b, "
-        f"llava15, llava15_lora, phi3mini, phi3mini_qlora, internvl_chat (e.g. RECIPE=llava15 bash scripts/{script} ...)")
+        f"llava15, llava15_lora, phi3mini, phi3mini_qlora, internvl_chat "
+        f"(e.g. RECIPE=llava15 bash scripts/{script} ...)")
 
 
 def test_global_batch_is_kept_for_the_per_device_batch_the_user_passes():

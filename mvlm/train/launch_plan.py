@@ -55,7 +55,8 @@ def script_recipe(script: str, name: str, stage: int, variant: str | None, globa
     if global_batch:
         recipe = dataclasses.replace(recipe, global_batch=positive_integer("GLOBAL_BATCH", global_batch))
     if output_suffix:
-        recipe = dataclasses.replace(recipe, output_dir=finetune_paths(recipe.checkpoint_name, output_suffix)["output_dir"])
+        output_dir = finetune_paths(recipe.checkpoint_name, output_suffix)["output_dir"]
+        recipe = dataclasses.replace(recipe, output_dir=output_dir)
     return recipe
 
 

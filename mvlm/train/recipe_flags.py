@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import shlex
+import textwrap
 from typing import Sequence
 
 from mvlm.errors import FlagError
@@ -163,12 +164,14 @@ def resolve(argv: Sequence[str], processes: int | None = None) -> RecipeRequest:
 
 def format_command(recipe: Recipe, argv: Sequence[str], processes: int) -> str:
     """The resolved command as a user copies it: comments on where it comes from, then one flag a line."""
-    comments = [
-        f"# {recipe.name} stage {recipe.stage} ({STAGES[recipe.stage]}): {recipe.title}",
-        f"# {recipe.source}",
-        f"# global batch {recipe.global_batch} = per-device batch x {processes} process(es) (WORLD_SIZE) x gradient "
-        f"accumulation; on GPUs `RECIPE={recipe.name} bash {STAGE_SCRIPTS[recipe.stage]}` adds "
-        f"--deepspeed scripts/{recipe.deepspeed} --bf16 True --tf32 True",
+    notes = [
+        f"{recipe.name} stage {recipe.stage} ({STAGES[recipe.stage]}): {recipe.title}.",
+        f"Source: {recipe.source}.",
+        f"Global batch {recipe.global_batch} = per-device batch x {processes} process(es) (WORLD_SIZE) x gradient "
+        f"accumulation. On GPUs, `RECIPE={recipe.name} bash {STAGE_SCRIPTS[recipe.stage]}` adds --deepspeed "
+        f"scripts/{recipe.deepspeed} --bf16 True --tf32 True.",
     ]
+    comments = [line for note in notes for line in textwrap.wrap(note, 110, initial_indent="# ",
+                                                                   subsequent_indent="#   ", break_on_hyphens=False)]
     command = ["python -m mvlm.train.train", *("    " + shlex.join(group) for group in flag_groups(argv))]
     return "\n".join(comments) + "\n" + " \\\n".join(command) + "\n"
