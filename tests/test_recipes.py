@@ -23,6 +23,7 @@ from mvlm.train.recipes import (
     DEFAULT_RECIPE, PROJECTOR_FILE, RECIPES, format_value, get_recipe, with_lora, with_qlora,
 )
 from mvlm.train.train import main
+from tests.helpers import synthetic
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 ALL_STAGES = [(name, stage) for name in RECIPES for stage in (1, 2)]
@@ -365,3 +366,24 @@ def test_the_recipe_modules_import_no_torch():
             "print(sorted({'torch', 'transformers'} & set(sys.modules)))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert (result.returncode, result.stdout) == (0, "[]\n"), result.stderr
+
+
+# ---------------------------------------------------------------- a recipe through a real (tiny) training
+
+
+def test_a_recipe_trains_through_main_with_the_users_models_and_data(checkpoints, tmp_path, monkeypatch):
+    """LLaVA-1.5's stage 1 with tiny stand-ins for its models and data: the recipe's template, learning rate
+    and projector-only policy reach the trainer, and --global_batch_size sets the accumulation."""
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    data = synthetic.write_dataset(str(tmp_path), 8, seed=1, kind="caption")
+    trainer = main([
+        "--recipe", "llava15", "--stage", "1", "--global_batch_size", "4",
+        "--model_name_or_path", checkpoints("llm", "llama"), "--vision_tower", checkpoints("tower", "clip"),
+        "--data_path", data, "--image_folder", str(tmp_path), "--output_dir", str(tmp_path / "out"),
+        "--per_device_train_batch_size", "2", "--max_steps", "1", "--dataloader_num_workers", "0",
+        "--gradient_checkpointing", "False", "--use_cpu", "True",
+    ])
+    args = trainer.args
+    assert (args.learning_rate, args.gradient_accumulation_steps, args.per_device_train_batch_size) == (1e-3, 2, 2)
+    assert trainer.model.config.conv_mode == "plain"
+    assert (tmp_path / "out" / PROJECTOR_FILE).is_file() and not (tmp_path / "out" / "model.safetensors").exists()
