@@ -1,0 +1,72 @@
+"""One answer's text as its tokens arrive: what may be shown now, and whether a stop string has ended it.
+
+The final text is `generate_answers`' (decoded without special tokens, cut at the first stop string,
+stripped), so a served answer equals a benchmark's or the chat CLI's. While the answer grows, text is shown
+only once no later token can take it back: trailing whitespace (the final strip may drop it), the start
+of a possible stop string, and half a UTF-8 character are held until the next token settles them. The
+pieces shown therefore add up to the final text exactly.
+
+Stop strings are looked for in the text decoded *with* special tokens, as `mvlm.inference`'s stopping
+does, so that a template's `</s>` or `<|im_end|>` is seen though the answer never shows it.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from transformers import PreTrainedTokenizerBase
+
+REPLACEMENT_CHARACTER = "\ufffd"
+"""What a tokenizer decodes half a multi-byte character to."""
+
+
+def cut_at_stops(text: str, stops: Sequence[str]) -> str:
+    """`text` up to the earliest of `stops` (unstripped)."""
+    cut = min((text.index(stop) for stop in stops if stop in text), default=len(text))
+    return text[:cut]
+
+
+class AnswerText:
+    """The text of one answer being generated, token by token."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, stops: Sequence[str]):
+        self.tokenizer = tokenizer
+        self.stops = [stop for stop in stops if stop]
+        self.token_ids: list[int] = []
+        self.shown = ""
+        """The text handed out so far; always a prefix of the final text."""
+        self.stopped = False
+        """A stop string has appeared: the answer is complete."""
+
+    def add(self, token_id: int) -> str:
+        """Take the next token; return the text that can be shown now (often empty)."""
+        self.token_ids.append(token_id)
+        if self.stops:
+            raw = self.tokenizer.decode(self.token_ids, skip_special_tokens=False)
+            self.stopped = any(stop in raw for stop in self.stops)
+        if self.stopped:
+            return ""
+        settled = self._settled(self._visible().lstrip())
+        if len(settled) > len(self.shown) and settled.startswith(self.shown):
+            new, self.shown = settled[len(self.shown):], settled
+            return new
+        return ""
+
+    def final(self) -> str:
+        """The whole answer: cut at the first stop string and stripped, as `generate_answers` returns it."""
+        return self._visible().strip()
+
+    def rest(self) -> str:
+        """What is still to show once the answer is complete (the held-back end)."""
+        final = self.final()
+        return final[len(self.shown):] if final.startswith(self.shown) else ""
+
+    def _visible(self) -> str:
+        return cut_at_stops(self.tokenizer.decode(self.token_ids, skip_special_tokens=True), self.stops)
+
+    def _settled(self, text: str) -> str:
+        """`text` without the end that a later token may still change or remove."""
+        text = text.rstrip().rstrip(REPLACEMENT_CHARACTER)
+        held = max((keep for stop in self.stops for keep in range(1, min(len(stop) - 1, len(text)) + 1)
+                    if stop.startswith(text[-keep:])), default=0)
+        return text[: len(text) - held].rstrip()
