@@ -49,8 +49,8 @@ def test_every_recipe_resolves_to_flags_the_argument_parser_accepts(name, stage)
     recipe = get_recipe(name, stage)
     request = resolve(["--recipe", name, "--stage", str(stage), "--output_dir", "out"], processes=8)
     model_args, data_args, training_args = parsed(request.argv)
-    assert (model_args.model_name_or_path, model_args.vision_tower, model_args.version) == (
-        recipe.model_name_or_path, recipe.vision_tower, recipe.version)
+    assert (model_args.model_name_or_path, model_args.vision_tower, model_args.conv_mode) == (
+        recipe.model_name_or_path, recipe.vision_tower, recipe.conv_mode)
     assert data_args.data_path == [recipe.data_path] and data_args.image_folder == recipe.image_folder
     assert model_args.tune_mm_mlp_adapter is (stage == 1)
     assert model_args.pretrain_mm_mlp_adapter == (recipe.pretrain_mm_mlp_adapter if stage == 2 else None)
@@ -62,7 +62,7 @@ def test_every_recipe_resolves_to_flags_the_argument_parser_accepts(name, stage)
     # The global batch on 8 processes: per-device batch x 8 x accumulation.
     assert (training_args.per_device_train_batch_size * 8 * training_args.gradient_accumulation_steps
             == recipe.global_batch)
-    assert recipe.version in conv_templates
+    assert recipe.conv_mode in conv_templates
     assert (SCRIPTS / recipe.deepspeed).is_file()
 
 
@@ -72,7 +72,7 @@ def test_stage_2_starts_from_the_projector_stage_1_writes(name):
     assert stage2.pretrain_mm_mlp_adapter == f"{stage1.output_dir}/{PROJECTOR_FILE}"
     assert (stage1.model_name_or_path, stage1.vision_tower, stage1.mm_vision_select_layer) == (
         stage2.model_name_or_path, stage2.vision_tower, stage2.mm_vision_select_layer)
-    assert (stage1.version, stage1.image_aspect_ratio) == ("phi3_chat" if "phi3" in name else "plain", "square")
+    assert (stage1.conv_mode, stage1.image_aspect_ratio) == ("phi3_chat" if "phi3" in name else "plain", "square")
     assert stage2.output_dir != stage1.output_dir
 
 

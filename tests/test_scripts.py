@@ -22,7 +22,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from mvlm.model.builder import load_pretrained_model
+from mvlm.loading import load_pretrained_model
 from tests.helpers import synthetic
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"

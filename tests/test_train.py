@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from mvlm.model.builder import load_pretrained_model
+from mvlm.loading import load_pretrained_model
 from mvlm.train.train import main
 from tests.helpers import synthetic
 
@@ -193,7 +193,7 @@ def held_out_loss(model, tokenizer, image_processor, json_path, image_folder, te
     from mvlm.data.formats import load_samples
 
     dataset = LazySupervisedDataset(load_samples(json_path), tokenizer, image_processor,
-                                    DataConfig(template=template, num_image_tokens=model.num_image_tokens,
+                                    DataConfig(conv_mode=template, num_image_tokens=model.num_image_tokens,
                                                image_folder=image_folder))
     batch = SupervisedCollator(tokenizer.pad_token_id)([dataset[index] for index in range(len(dataset))])
     batch.pop("num_skipped_samples", None)

@@ -24,7 +24,10 @@ class ModelArguments:
     model_name_or_path: str = dataclasses.field(
         metadata={"help": "An LLM checkpoint (stage 1) or an mvlm checkpoint to continue from."}
     )
-    version: str = dataclasses.field(default="vicuna_v1", metadata={"help": "Chat template (plain for stage 1)."})
+    conv_mode: str = dataclasses.field(
+        default="vicuna_v1", metadata={"aliases": ["--version"], "help": "Chat template (plain for stage 1); "
+                                       "--version is LLaVA's name for it."}
+    )
     vision_tower: str | None = dataclasses.field(default=None, metadata={"help": "CLIP / SigLIP / InternViT folder."})
     mm_projector_type: str = dataclasses.field(default="mlp2x_gelu", metadata={"help": "linear, mlpNx_gelu, identity."})
     mm_vision_select_layer: str = dataclasses.field(

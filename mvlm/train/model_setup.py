@@ -90,7 +90,7 @@ def load_model_for_training(
     if model_args.pretrain_mm_mlp_adapter:
         load_projector_weights(model, model_args.pretrain_mm_mlp_adapter)
     tokenizer.model_max_length = training_args.model_max_length
-    model.config.conv_mode = model_args.version
+    model.config.conv_mode = model_args.conv_mode
     model.config.image_aspect_ratio = data_args.image_aspect_ratio
     model.config.image_grid_pinpoints = data_args.image_grid_pinpoints
     model.config.use_cache = False

@@ -8,7 +8,7 @@ turns one into default flags (mvlm/train/recipe_flags.py), and scripts/*.sh laun
 
 Paths follow LLaVA's layout (`./playground/data/...`, `./checkpoints/<model>[-pretrain]`), as LLaVA's own
 scripts do; a flag overrides any of them. Field names are the flags of `mvlm.train.train` where they are
-flags, so "an explicit flag overrides the recipe" needs no mapping. The fields that are not flags (name,
+flags (`FLAG_SPELLINGS` lists the two passed under another name), so a recipe maps to flags one to one. The fields that are not flags (name,
 stage, title, source, checkpoint_name, global_batch, deepspeed) say so in `NOT_FLAGS`.
 
 No torch or transformers here: the scripts ask for a recipe before any heavy import.
@@ -49,7 +49,8 @@ class Recipe:
 
     # The flags, in the order --print-recipe shows them.
     model_name_or_path: str
-    version: str
+    conv_mode: str
+    """The chat template, passed as LLaVA's `--version`."""
     data_path: str
     image_folder: str
     vision_tower: str
@@ -101,12 +102,13 @@ class Recipe:
             value = getattr(self, field.name)
             if field.name in NOT_FLAGS or value is None:
                 continue
-            flag = "warmup_steps" if field.name == "warmup_ratio" else field.name
-            pairs.append((flag, format_value(value)))
+            pairs.append((FLAG_SPELLINGS.get(field.name, field.name), format_value(value)))
         return pairs
 
 
 NOT_FLAGS = frozenset({"name", "stage", "title", "source", "checkpoint_name", "global_batch", "deepspeed"})
+FLAG_SPELLINGS = {"conv_mode": "version", "warmup_ratio": "warmup_steps"}
+"""Fields passed under another flag: LLaVA's name for the template; the warm-up as the scripts always passed it."""
 
 
 def format_value(value: bool | int | float | str) -> str:
@@ -175,7 +177,7 @@ MIPHA_3B = (
     Recipe(
         name="mipha3b", stage=1, title="Mipha-3B (Phi-2 + SigLIP-so400m/384)", source=MIPHA_SOURCE,
         checkpoint_name="mipha-3b", global_batch=256, deepspeed="zero2.json",
-        model_name_or_path="microsoft/phi-2", version="plain", **pretrain_paths("mipha-3b"),
+        model_name_or_path="microsoft/phi-2", conv_mode="plain", **pretrain_paths("mipha-3b"),
         vision_tower="google/siglip-so400m-patch14-384", tune_mm_mlp_adapter=True, image_aspect_ratio="square",
         num_train_epochs=1, per_device_train_batch_size=32, save_steps=24000, learning_rate=1e-3,
         model_max_length=2048,
@@ -183,7 +185,7 @@ MIPHA_3B = (
     Recipe(
         name="mipha3b", stage=2, title="Mipha-3B (Phi-2 + SigLIP-so400m/384)", source=MIPHA_SOURCE,
         checkpoint_name="mipha-3b", global_batch=128, deepspeed="zero3.json",
-        model_name_or_path="microsoft/phi-2", version="phi", **finetune_paths("mipha-3b"),
+        model_name_or_path="microsoft/phi-2", conv_mode="phi", **finetune_paths("mipha-3b"),
         vision_tower="google/siglip-so400m-patch14-384", unfreeze_mm_vision_tower=True,
         group_by_modality_length=True, image_aspect_ratio="pad", num_train_epochs=2, per_device_train_batch_size=4,
         save_steps=50000, learning_rate=2e-5, model_max_length=2048,
@@ -198,7 +200,7 @@ def mipha_size(name: str, title: str, checkpoint_name: str, llm: str, template: 
         dataclasses.replace(stage1, name=name, title=title, checkpoint_name=checkpoint_name, model_name_or_path=llm,
                             **pretrain_paths(checkpoint_name)),
         dataclasses.replace(stage2, name=name, title=title, checkpoint_name=checkpoint_name, model_name_or_path=llm,
-                            version=template, **finetune_paths(checkpoint_name)),
+                            conv_mode=template, **finetune_paths(checkpoint_name)),
     )
 
 
@@ -215,7 +217,7 @@ LLAVA15 = (
     Recipe(
         name="llava15", stage=1, title="LLaVA-1.5-7B (Vicuna-7B-v1.5 + CLIP-L/336)", source=LLAVA15_SOURCE,
         checkpoint_name="llava-v1.5-7b", global_batch=256, deepspeed="zero2.json",
-        model_name_or_path="lmsys/vicuna-7b-v1.5", version="plain", **pretrain_paths("llava-v1.5-7b"),
+        model_name_or_path="lmsys/vicuna-7b-v1.5", conv_mode="plain", **pretrain_paths("llava-v1.5-7b"),
         vision_tower="openai/clip-vit-large-patch14-336", tune_mm_mlp_adapter=True, image_aspect_ratio="square",
         num_train_epochs=1, per_device_train_batch_size=32, save_steps=24000, learning_rate=1e-3,
         model_max_length=2048,
@@ -223,7 +225,7 @@ LLAVA15 = (
     Recipe(
         name="llava15", stage=2, title="LLaVA-1.5-7B (Vicuna-7B-v1.5 + CLIP-L/336)", source=LLAVA15_SOURCE,
         checkpoint_name="llava-v1.5-7b", global_batch=128, deepspeed="zero3.json",
-        model_name_or_path="lmsys/vicuna-7b-v1.5", version="v1", **finetune_paths("llava-v1.5-7b"),
+        model_name_or_path="lmsys/vicuna-7b-v1.5", conv_mode="v1", **finetune_paths("llava-v1.5-7b"),
         vision_tower="openai/clip-vit-large-patch14-336", unfreeze_mm_vision_tower=False,
         group_by_modality_length=True, image_aspect_ratio="pad", num_train_epochs=1, per_device_train_batch_size=16,
         save_steps=50000, learning_rate=2e-5, model_max_length=2048,
@@ -243,7 +245,7 @@ PHI3MINI = (
     Recipe(
         name="phi3mini", stage=1, title="XTuner LLaVA-Phi-3-mini (Phi-3-mini-4k + CLIP-L/336)", source=PHI3MINI_SOURCE,
         checkpoint_name="llava-phi-3-mini", global_batch=256, deepspeed="zero2.json",
-        model_name_or_path="microsoft/Phi-3-mini-4k-instruct", version="phi3_chat",
+        model_name_or_path="microsoft/Phi-3-mini-4k-instruct", conv_mode="phi3_chat",
         **pretrain_paths("llava-phi-3-mini"), vision_tower="openai/clip-vit-large-patch14-336",
         tune_mm_mlp_adapter=True, image_aspect_ratio="square", num_train_epochs=1, per_device_train_batch_size=16,
         save_steps=24000, learning_rate=1e-3, model_max_length=4096,
@@ -251,7 +253,7 @@ PHI3MINI = (
     Recipe(
         name="phi3mini", stage=2, title="XTuner LLaVA-Phi-3-mini (Phi-3-mini-4k + CLIP-L/336)", source=PHI3MINI_SOURCE,
         checkpoint_name="llava-phi-3-mini", global_batch=128, deepspeed="zero3.json",
-        model_name_or_path="microsoft/Phi-3-mini-4k-instruct", version="phi3_chat",
+        model_name_or_path="microsoft/Phi-3-mini-4k-instruct", conv_mode="phi3_chat",
         **finetune_paths("llava-phi-3-mini"), vision_tower="openai/clip-vit-large-patch14-336",
         unfreeze_mm_vision_tower=True, group_by_modality_length=True, image_aspect_ratio="pad", num_train_epochs=2,
         per_device_train_batch_size=8, save_steps=50000, learning_rate=2e-5, model_max_length=4096,

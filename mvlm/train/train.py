@@ -78,7 +78,7 @@ def _train(argv: list[str]) -> MvlmTrainer | None:
         tokenizer,
         image_processor,
         DataConfig(
-            template=model_args.version,
+            conv_mode=model_args.conv_mode,
             num_image_tokens=model.num_image_tokens,
             image_folder=data_args.image_folder,
             image_aspect_ratio=data_args.image_aspect_ratio,
