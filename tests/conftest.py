@@ -9,7 +9,7 @@ import torch
 
 from mvlm.data.processors import add_image_token
 from mvlm.loading import load_pretrained_model
-from tests.helpers import tiny
+from tests.helpers import synthetic, tiny
 from tests.helpers.chat_model import save_chat_checkpoint
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -67,3 +67,14 @@ def loaded(model_dir):
     """(tokenizer, model, image_processor) of `model_dir`, loaded once per module for reference answers."""
     tokenizer, model, image_processor, _ = load_pretrained_model(model_dir)
     return tokenizer, model, image_processor
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """A caption set and a QA set (24 samples each) with their images, once per test module."""
+    folder = str(tmp_path_factory.mktemp("data"))
+    return {
+        "folder": folder,
+        "caption": synthetic.write_dataset(folder, 24, seed=1, kind="caption"),
+        "qa": synthetic.write_dataset(folder, 24, seed=2, kind="qa", text_only_every=5),
+    }

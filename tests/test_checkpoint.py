@@ -11,7 +11,7 @@ from transformers import AutoModel, AutoModelForCausalLM, CLIPModel
 import mvlm
 from mvlm.loading import checkpoint_kind, load_pretrained_model
 from mvlm.model.builder import build_model, save_checkpoint
-from tests.test_model import make_batch
+from tests.helpers.batches import make_batch
 
 
 def saved_keys(folder):

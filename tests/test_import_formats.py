@@ -26,8 +26,8 @@ from mvlm.model.builder import build_model
 from mvlm.model.modeling import LlavaForCausalLM
 from mvlm.train.train import main as train_main
 from tests.helpers import foreign_formats, synthetic
-from tests.test_model import make_batch
-from tests.test_train import common_flags
+from tests.helpers.batches import make_batch
+from tests.helpers.training import common_flags
 
 ATOL = 1e-4
 

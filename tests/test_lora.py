@@ -14,26 +14,8 @@ from mvlm.loading import load_pretrained_model
 from mvlm.model.builder import build_model, save_checkpoint
 from mvlm.model.lora import ADAPTER_FILE, NON_LORA_FILE
 from mvlm.train.train import main
-from tests.test_model import make_batch
-from tests.test_train import common_flags, data, initial_state  # noqa: F401  (data is a fixture)
-
-LORA = ("--version", "vicuna_v1", "--lora_enable", "True", "--lora_r", "4", "--lora_alpha", "8",
-        "--learning_rate", "1e-2", "--mm_projector_lr", "1e-3")
-
-
-def bare(model):
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
-def logits_of(model, tokenizer, train_mode=False):
-    """Logits on a fixed batch. `train_mode` for 4-bit models (with no dropout anywhere): bitsandbytes' CPU
-    inference path, taken in eval mode, fails on layers narrower than 64 like the tiny model's."""
-    torch.manual_seed(0)  # the same random image every call
-    input_ids, _, pixel_values = make_batch(bare(model), tokenizer)
-    model.train(train_mode)
-    with torch.no_grad():
-        return model(input_ids=input_ids, pixel_values=pixel_values).logits
-
+from tests.helpers.batches import bare, logits_of
+from tests.helpers.training import LORA, common_flags, initial_state
 
 def base_weights_unchanged(before, model):
     """Every weight the bare model had before (adapters aside) that did not train is bit-identical."""
@@ -143,7 +125,7 @@ def test_qlora_trains_adapters_over_a_4bit_llm_and_loads_back(checkpoints, data,
     tokenizer, model, _, _ = load_pretrained_model(out, model_base=checkpoints("llm", "llama"), load_4bit=True)
     assert torch.allclose(logits_of(model, tokenizer, train_mode=True),
                           logits_of(trainer.model, tokenizer, train_mode=True), atol=1e-4)
-    with pytest.raises(ValueError, match="add --lora_enable True"):
+    with pytest.raises(SystemExit, match="add --lora_enable True"):  # a user error: one line, exit 1
         main(common_flags(checkpoints, data["qa"], data["folder"], str(tmp_path / "bad"), "--bits", "4"))
 
 

@@ -15,8 +15,8 @@ from mvlm.loading import checkpoint_kind, load_pretrained_model
 from mvlm.model.builder import build_model
 from mvlm.model.projector_weights import load_projector_weights
 from mvlm.train.train import main
-from tests.test_lora import LORA, bare, logits_of
-from tests.test_train import common_flags, data  # noqa: F401  (data is a fixture)
+from tests.helpers.batches import bare, logits_of
+from tests.helpers.training import LORA, common_flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -9,24 +9,11 @@ import torch.nn.functional as F
 from transformers import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
-from mvlm.constants import IGNORE_INDEX
 from mvlm.model.builder import build_model
 from mvlm.model.projector import MlpGeluProjector, build_projector
 from mvlm.model.vision import num_image_tokens
 from tests.helpers import tiny
-
-
-def make_batch(model, tokenizer, num_images=1, text=(5, 6, 7, 8)):
-    """input_ids [BOS?] + image block(s) + text, labels on the text, random pixels."""
-    n = model.num_image_tokens
-    ids = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-    for _ in range(num_images):
-        ids += [model.config.image_token_id] * n + [text[0]]
-    ids += list(text)
-    input_ids = torch.tensor([ids])
-    labels = torch.where(input_ids == model.config.image_token_id, IGNORE_INDEX, input_ids)
-    pixel_values = torch.randn(num_images, 3, tiny.IMAGE_SIZE, tiny.IMAGE_SIZE)
-    return input_ids, labels, pixel_values
+from tests.helpers.batches import make_batch
 
 
 @pytest.mark.parametrize("tower", tiny.VISION_KINDS)

@@ -24,7 +24,7 @@ from mvlm.model.packed_attention import (
     varlen_unusable_reason,
 )
 from mvlm.train.train import main
-from tests.test_train import common_flags, data  # noqa: F401  (data is a fixture)
+from tests.helpers.training import common_flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CPU = torch.device("cpu")

@@ -12,33 +12,7 @@ from safetensors.torch import load_file
 from mvlm.loading import load_pretrained_model
 from mvlm.train.train import main
 from tests.helpers import synthetic
-
-
-def common_flags(checkpoints, data_path, image_folder, output_dir, *extra):
-    return [
-        "--model_name_or_path", checkpoints("llm", "llama"),
-        "--vision_tower", checkpoints("tower", "clip"),
-        "--data_path", data_path,
-        "--image_folder", image_folder,
-        "--output_dir", output_dir,
-        "--per_device_train_batch_size", "4",
-        "--report_to", "none",
-        "--logging_steps", "1",
-        "--save_strategy", "steps",
-        "--dataloader_num_workers", "0",
-        "--use_cpu", "True",
-        *extra,
-    ]
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    folder = str(tmp_path_factory.mktemp("data"))
-    return {
-        "folder": folder,
-        "caption": synthetic.write_dataset(folder, 24, seed=1, kind="caption"),
-        "qa": synthetic.write_dataset(folder, 24, seed=2, kind="qa", text_only_every=5),
-    }
+from tests.helpers.training import common_flags, initial_state
 
 
 def test_stage1_trains_only_the_projector_and_saves_it_alone(checkpoints, data, tmp_path):
@@ -52,16 +26,6 @@ def test_stage1_trains_only_the_projector_and_saves_it_alone(checkpoints, data, 
     saved = load_file(os.path.join(out, "mm_projector.safetensors"))
     assert sorted(saved) == ["multi_modal_projector.linear_1.bias", "multi_modal_projector.linear_1.weight",
                              "multi_modal_projector.linear_2.bias", "multi_modal_projector.linear_2.weight"]
-
-
-def initial_state(checkpoints, **kwargs):
-    import transformers
-
-    from mvlm.model.builder import build_model
-
-    transformers.set_seed(42)  # as main() does with the default --seed
-    model, _, _ = build_model(checkpoints("llm", "llama"), checkpoints("tower", "clip"), **kwargs)
-    return {name: tensor.clone() for name, tensor in model.state_dict().items()}
 
 
 def changed_parts(before, model):
