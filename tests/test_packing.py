@@ -49,7 +49,7 @@ def test_collator_packs_the_whole_batch_into_one_row_with_boundaries():
     assert batch["pixel_values"][:, 0, 0, 0].tolist() == [0.0, 1.0]  # images in the order their tokens stand
 
 
-def qa_features(checkpoints, data, family):  # noqa: F811
+def qa_features(checkpoints, data, family):
     """A model with plain SDPA attention and eight samples of its family's template, images and text-only mixed."""
     model, tokenizer, image_processor = build_model(checkpoints("llm", family), checkpoints("tower", "clip"),
                                                     attn_implementation="sdpa")
@@ -71,7 +71,7 @@ def predictions(model, batch):
 
 
 @pytest.mark.parametrize("family", ["llama", "phi", "phi3", "gemma", "qwen2"])
-def test_packed_loss_and_logits_equal_the_padded_batch(checkpoints, data, family):  # noqa: F811
+def test_packed_loss_and_logits_equal_the_padded_batch(checkpoints, data, family):
     model, tokenizer, features = qa_features(checkpoints, data, family)
     padded = SupervisedCollator(tokenizer.pad_token_id)(features)
     packed = SupervisedCollator(tokenizer.pad_token_id, packing=True)(features)
@@ -99,7 +99,7 @@ def test_packed_loss_and_logits_equal_the_padded_batch(checkpoints, data, family
         assert torch.allclose(padded_logits, expected_logits, atol=1e-5)
 
 
-def test_a_batch_of_several_packed_rows_is_refused(checkpoints, data):  # noqa: F811
+def test_a_batch_of_several_packed_rows_is_refused(checkpoints, data):
     model, tokenizer, features = qa_features(checkpoints, data, "llama")
     use_packed_attention(model, PER_SAMPLE)
     packed = SupervisedCollator(tokenizer.pad_token_id, packing=True)(features[:4])
@@ -217,7 +217,7 @@ def test_the_packed_attention_is_chosen_by_what_can_run():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="flash-attention needs a CUDA GPU")
-def test_flash_attention_2_reads_the_boundaries(checkpoints, data):  # noqa: F811
+def test_flash_attention_2_reads_the_boundaries(checkpoints, data):
     pytest.importorskip("flash_attn")
     model, tokenizer, features = qa_features(checkpoints, data, "llama")
     model.to("cuda", torch.bfloat16)
@@ -234,7 +234,7 @@ def logged_losses(trainer):
     return [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
 
 
-def test_packed_training_equals_padded_training_and_saves_a_plain_checkpoint(checkpoints, data, tmp_path):  # noqa: F811
+def test_packed_training_equals_padded_training_and_saves_a_plain_checkpoint(checkpoints, data, tmp_path):
     def train(packing, output_dir):
         return main(common_flags(checkpoints, data["qa"], data["folder"], output_dir,
                                  "--version", "vicuna_v1", "--packing", str(packing), "--model_max_length", "256",
@@ -277,7 +277,7 @@ print("loaded")
     assert result.returncode == 0 and "loaded" in result.stdout, result.stderr[-3000:]
 
 
-def test_a_packed_attention_without_packing_is_refused(checkpoints, data, tmp_path):  # noqa: F811
-    with pytest.raises(ValueError, match="attends within packed rows; add --packing True"):
+def test_a_packed_attention_without_packing_is_refused(checkpoints, data, tmp_path):
+    with pytest.raises(SystemExit, match="attends within packed rows; add --packing True"):  # one line, exit 1
         main(common_flags(checkpoints, data["qa"], data["folder"], str(tmp_path / "out"),
                           "--attn_implementation", PER_SAMPLE, "--max_steps", "1"))
