@@ -18,4 +18,21 @@ if [ -z "${MVLM_TRANSFORMERS4_PYTHON:-}" ]; then
     fi
     export MVLM_TRANSFORMERS4_PYTHON="$T4/bin/python"
 fi
+
+# The browser test (tests/test_gradio_web.py) drives Debian's Chromium through its chromedriver; install both
+# once when missing (as root, with apt-get), else say the test will be skipped.
+if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "[mvlm] installing chromium and chromium-driver (apt-get), for the browser test"
+        APT_LOG="$(mktemp)"
+        if ! { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium chromium-driver; } \
+                >"$APT_LOG" 2>&1; then
+            tail -n 20 "$APT_LOG"
+            echo "[mvlm] apt-get could not install chromium and chromium-driver: the browser tests will be skipped"
+        fi
+        rm -f "$APT_LOG"
+    else
+        echo "[mvlm] /usr/bin/chromium or /usr/bin/chromedriver is missing (installing needs root and apt-get): the browser tests will be skipped"
+    fi
+fi
 exec "$PYTHON" -m pytest tests "$@"
