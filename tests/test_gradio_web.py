@@ -2,10 +2,13 @@
 real headless Chromium (Debian's chromium + chromium-driver, through Selenium; scripts/test.sh installs
 them when run as root).
 
-The browser test starts the server as a user would, with a tiny chat checkpoint (--model-path, served in
-the process through mvlm's OpenAI-compatible server) and a second backend that is down (--api-url to a
-closed port); it uploads an image, asks, and reads the streamed answer from the page: it must be the
-answer mvlm.inference gives to the same question and image (greedy).
+The browser tests start the server as a user would, with three backends: a tiny chat checkpoint
+(--model-path, served in the process by mvlm's OpenAI-compatible server), a slow fake server (--api-url,
+one word every 0.2 s) and a server that is down (--api-url to a closed port). They upload an image, ask,
+and read the answer from the page: it must be the one mvlm.inference gives to the same question and image
+(greedy), in the first turn and the next; the menu lists the three backends, the one that is down says
+"cannot reach ...: connection refused" in the chat, the retry button asks the model now chosen, and the
+slow one's words appear while it answers and stop (the server sees the stream closed) at the stop button.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import pytest
 from PIL import Image
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
+from selenium.common.exceptions import WebDriverException
 from selenium.webdriver.common.by import By
 
 from mvlm.errors import DataError, FlagError
@@ -173,6 +177,48 @@ def fake_server():
     server.shutdown()
 
 
+class SlowOpenAI(http.server.BaseHTTPRequestHandler):
+    """Serves the model `slow`, whose answer is `w0 w1 w2 ...`, one word every 0.2 s for 20 s, unless the
+    client hangs up (the page's stop button), which it records."""
+
+    hung_up = threading.Event()
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        body = json.dumps({"object": "list", "data": [{"id": "slow", "object": "model"}]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.end_headers()  # HTTP/1.0: the body ends when the connection closes
+        try:
+            for index in range(100):
+                chunk = {"id": "1", "object": "chat.completion.chunk", "created": 0, "model": "slow",
+                         "choices": [{"index": 0, "delta": {"content": f"w{index} "}, "finish_reason": None}]}
+                self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+                self.wfile.flush()
+                time.sleep(0.2)
+            self.wfile.write(b"data: [DONE]\n\n")
+        except (BrokenPipeError, ConnectionResetError):
+            SlowOpenAI.hung_up.set()
+
+
+@pytest.fixture(scope="module")
+def slow_server():
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), SlowOpenAI)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    server.shutdown()
+
+
 def answer(backend: Backend, text: str = "Hello there") -> list[str]:
     async def collect():
         messages = [{"role": "user", "content": [{"type": "text", "text": text}]}]
@@ -231,12 +277,33 @@ def test_flags(capsys):
         parser.parse_args(["--model-path", "a", "--device", "cpu", "--device-map", "auto"])
 
 
+def test_start_up_failures_are_one_line(tmp_path, capsys):
+    assert gradio_web_server.main(["--model-path", str(tmp_path / "missing-ckpt"), "--device", "cpu"]) == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith(
+        f"error: cannot load the checkpoint {tmp_path / 'missing-ckpt'}")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert gradio_web_server.main(["--api-url", f"http://127.0.0.1:{free_port()}/v1", "--port", str(port)]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1] == f"error: cannot listen on 127.0.0.1:{port} (is the port in use? pick " \
+                                           "another with --port)"
+
+
 # ---------------------------------------------------------------- the real server in a real browser
 
 
-def reference_answers(model_dir: str, image_file: str | None, questions: list[str]) -> list[str]:
-    """mvlm.inference's greedy answers to a conversation of `questions`, the image (if any) in the first turn."""
+@pytest.fixture(scope="module")
+def reference_answers(model_dir):
+    """(image_file or None, questions) -> mvlm.inference's greedy answers, the image in the first turn."""
     loaded = load_for_inference(model_dir, device="cpu")
+    return lambda image_file, questions: answers_of(loaded, image_file, questions)
+
+
+def answers_of(loaded, image_file: str | None, questions: list[str]) -> list[str]:
+    """Answer one question at a time, each answer appended to the conversation (as the page replays it)."""
     conversation = new_conversation(loaded.conv_mode, loaded.tokenizer)
     images = [Image.open(image_file).convert("RGB")] if image_file else []
     answers = []
@@ -252,15 +319,16 @@ def reference_answers(model_dir: str, image_file: str | None, questions: list[st
 
 
 @pytest.fixture(scope="module")
-def web_server(model_dir, tmp_path_factory):
-    """The web UI as a user starts it: the tiny checkpoint in-process, plus a backend that is down."""
+def web_server(model_dir, slow_server, tmp_path_factory):
+    """The web UI as a user starts it: the tiny checkpoint in-process, a slow server and a server that is down."""
     port, down = free_port(), f"http://127.0.0.1:{free_port()}/v1"
     folder = tmp_path_factory.mktemp("web")
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="2", GRADIO_ANALYTICS_ENABLED="False",
                GRADIO_TEMP_DIR=str(folder / "gradio"), NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost")
-    log = open(folder / "server.log", "w+")
+    log = open(folder / "server.log", "w+")  # read back when the server does not come up
     process = subprocess.Popen(
-        [sys.executable, "-m", "mvlm.serve.gradio_web_server", "--model-path", model_dir, "--api-url", down,
+        [sys.executable, "-m", "mvlm.serve.gradio_web_server", "--model-path", model_dir, "--api-url", slow_server,
+         "--api-url", down,
          "--port", str(port), "--device", "cpu", "--temperature", "0", "--max-tokens", str(MAX_TOKENS)],
         cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
@@ -277,7 +345,7 @@ def web_server(model_dir, tmp_path_factory):
                 log.seek(0)
                 pytest.fail(f"the web server did not come up (exit status {process.poll()}):\n{log.read()[-4000:]}")
             time.sleep(0.5)
-        yield {"url": url, "down": down, "log": log}
+        yield {"url": url, "down": down}
     finally:
         process.terminate()
         try:
@@ -290,13 +358,15 @@ def web_server(model_dir, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser():
-    os.environ.setdefault("SE_OFFLINE", "true")  # Selenium Manager must never try to download a browser or driver
+    """Headless Chromium, Debian's binary and driver given by path (so Selenium Manager downloads nothing)."""
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--no-proxy-server",
                  "--window-size=1280,1000"):
         options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SE_OFFLINE", "true")  # and should it still be asked, it stays offline
+        driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     driver.set_page_load_timeout(60)
     yield driver
     driver.quit()
@@ -320,7 +390,8 @@ class Page:
     def wait_for(self, condition, what: str, timeout: float = 120):
         deadline = time.time() + timeout
         while time.time() < deadline:
-            with contextlib.suppress(Exception):  # the page re-renders under our feet (stale elements)
+            # the page re-renders under our feet: elements go stale or are not there yet
+            with contextlib.suppress(WebDriverException, AttributeError, IndexError, ValueError):
                 value = condition()
                 if value:
                     return value
@@ -331,8 +402,20 @@ class Page:
     def bot_messages(self) -> list[str]:
         return [element.get_attribute("innerText").strip() for element in self.all("#chatbot [data-testid=bot]")]
 
-    def ask(self, question: str, image: str | None = None) -> list[str]:
-        """Send a question (with an image), wait until the answer has finished; the bot's messages then."""
+    def answering(self) -> bool:
+        return self.find("#chat-input textarea").get_attribute("disabled") is not None  # the input waits meanwhile
+
+    def choose_model(self, label: str) -> list[str]:
+        """Pick a model in the menu; returns the menu's choices."""
+        self.find("#model-menu input").click()
+        options = self.wait_for(lambda: self.all("[role=option]"), "menu")
+        labels = [option.get_attribute("aria-label") for option in options]
+        options[labels.index(label)].click()
+        self.wait_for(lambda: self.find("#model-menu input").get_attribute("value") == label, f"{label} chosen")
+        return labels
+
+    def send(self, question: str, image: str | None = None) -> int:
+        """Type a question (after attaching an image) and press Enter; the number of bot messages before."""
         before = len(self.bot_messages())
         if image:
             self.find("#chat-input input[type=file]").send_keys(image)
@@ -341,16 +424,21 @@ class Page:
         textarea.send_keys(question)
         textarea.send_keys("\n")  # Enter sends
         self.wait_for(lambda: len(self.bot_messages()) > before, "answer")
-        self.wait_for(lambda: self.find("#chat-input textarea").get_attribute("disabled") is None, "end of the answer")
+        return before
+
+    def ask(self, question: str, image: str | None = None) -> list[str]:
+        """Send a question and wait until its answer has finished; the bot's new messages."""
+        before = self.send(question, image)
+        self.wait_for(lambda: not self.answering(), "end of the answer")
         return self.bot_messages()[before:]
 
 
 @needs_browser
-def test_the_page_answers_as_mvlm_inference_does(web_server, browser, model_dir, image_file):
+def test_the_page_answers_as_mvlm_inference_does(web_server, browser, reference_answers, image_file):
     questions = ["What color is the square?", "And where is it?"]
-    expected = reference_answers(model_dir, image_file, questions)
+    expected = reference_answers(image_file, questions)
     assert all(expected) and expected[0] != expected[1]
-    assert reference_answers(model_dir, None, questions[:1]) != expected[:1]  # so the answer shows the image arrived
+    assert reference_answers(None, questions[:1]) != expected[:1]  # so the answer shows the image arrived
     page = Page(browser, web_server["url"])
     assert page.ask(questions[0], image=image_file) == [expected[0]]
     assert page.all("#chatbot [data-testid=user] img"), "the uploaded image is not shown in the chat"
@@ -358,13 +446,33 @@ def test_the_page_answers_as_mvlm_inference_does(web_server, browser, model_dir,
 
 
 @needs_browser
-def test_the_model_menu_lists_both_backends_and_one_that_is_down_says_so(web_server, browser, model_dir):
+def test_the_model_menu_lists_every_backend_and_one_that_is_down_says_so(web_server, browser, model_dir,
+                                                                          slow_server, reference_answers):
     page = Page(browser, web_server["url"])
-    page.find("#model-menu input").click()
-    options = page.wait_for(lambda: page.all("#model-menu [role=option]") or page.all("[role=option]"), "menu")
-    assert [option.get_attribute("aria-label") for option in options] == [model_dir, web_server["down"]]
-    options[1].click()
-    page.wait_for(lambda: page.find("#model-menu input").get_attribute("value") == web_server["down"], "choice")
+    labels = page.choose_model(web_server["down"])
+    assert labels == [model_dir, f"slow @ {slow_server}", web_server["down"]]  # the down one: its URL alone
     shown = [[line for line in message.splitlines() if line.strip()] for message in page.ask("Hello?")]
     assert shown == [[ERROR_TITLE, f"cannot reach {web_server['down']}: connection refused"]], shown
     assert "Traceback" not in page.find("body").text
+
+    # the same question to another model: choose it, press the retry button under the last answer
+    expected = reference_answers(None, ["Hello?"])[0]
+    page.choose_model(model_dir)
+    page.all("#chatbot button[aria-label=Retry]")[-1].click()
+    page.wait_for(lambda: page.bot_messages() == [expected], f"the answer {expected!r} in place of the error")
+
+
+@needs_browser
+def test_answers_stream_into_the_page_and_the_stop_button_ends_them(web_server, browser, slow_server):
+    page = Page(browser, web_server["url"])
+    page.choose_model(f"slow @ {slow_server}")
+    page.send("Count.")
+    partial = page.wait_for(lambda: "w3" in page.bot_messages()[-1] and page.bot_messages()[-1], "streamed words")
+    assert page.answering() and partial.startswith("w0 w1 w2 w3")  # shown while the server still answers
+    page.find("#chat-input button.stop-button").click()
+    page.wait_for(lambda: not page.answering(), "the input back after stop")
+    assert SlowOpenAI.hung_up.wait(10), "the server was not told to stop (the HTTP stream stayed open)"
+    stopped = page.bot_messages()[-1]
+    time.sleep(1)
+    assert page.bot_messages()[-1] == stopped and "w99" not in stopped  # the stopped answer stays as it was
+

@@ -133,7 +133,11 @@ def main(argv: list[str] | None = None) -> int:
         page = build_page(backends, Settings(temperature=args.temperature, top_p=args.top_p,
                                              max_tokens=args.max_tokens, system_prompt=args.system_prompt,
                                              concurrency=args.concurrency))
-        page.queue().launch(server_name=args.host, server_port=args.port, show_error=True, ssr_mode=False)
+        try:
+            page.queue().launch(server_name=args.host, server_port=args.port, show_error=True, ssr_mode=False)
+        except OSError as error:  # Gradio's own words name launch()'s arguments, not our flags
+            raise FlagError(f"cannot listen on {args.host}:{args.port} (is the port in use? pick another with "
+                            "--port)") from error
     except MvlmError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

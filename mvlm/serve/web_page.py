@@ -1,9 +1,9 @@
 """The web UI's page: a Gradio 6 multimodal ChatInterface in front of OpenAI-compatible backends.
 
 Image upload and text in one box, streamed answers, a stop button, temperature / top-p / max-tokens
-under "Parameters", and a model menu above the chat when there are several backends (ask one, switch,
-then press the chat's retry button to hear the other on the same question). A failure shows as an error
-box that says what failed (see mvlm.serve.web_backends), in the chat.
+under "Parameters", and a model menu above the chat when there are several backends (ask one, pick
+another, press the retry button under the answer: the other answers the same question in its place).
+A failure shows in the chat as an error box that says what failed (see mvlm.serve.web_backends).
 """
 
 from __future__ import annotations
@@ -54,8 +54,8 @@ def _description(backends: list[Backend]) -> str:
     if len(backends) == 1:
         backend = backends[0]
         return f"Model: **{html.escape(backend.label)}** (served at {html.escape(backend.base_url)})"
-    return (f"{len(backends)} models: pick one in the menu. To compare them on one question, ask it, "
-            "switch the model and press the answer's retry button.")
+    return (f"{len(backends)} models: pick one in the menu. To hear another on the same question, pick it and "
+            "press the retry button under the answer.")
 
 
 def build_page(backends: list[Backend], settings: Settings = Settings()) -> gr.Blocks:
