@@ -53,7 +53,7 @@ def as_plain_markdown(text: str) -> str:
 def _description(backends: list[Backend]) -> str:
     if len(backends) == 1:
         backend = backends[0]
-        return f"Model: **{html.escape(backend.label)}** (served at {html.escape(backend.base_url)})"
+        return f"Model: **{html.escape(backend.label)}** (OpenAI-compatible API at `{backend.base_url}`)"
     return (f"{len(backends)} models: pick one in the menu. To hear another on the same question, pick it and "
             "press the retry button under the answer.")
 
