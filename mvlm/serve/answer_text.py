@@ -7,7 +7,10 @@ of a possible stop string, and half a UTF-8 character are held until the next to
 pieces shown therefore add up to the final text exactly.
 
 Stop strings are looked for in the text decoded *with* special tokens, as `mvlm.inference`'s stopping
-does, so that a template's `</s>` or `<|im_end|>` is seen though the answer never shows it.
+does, so that a template's `</s>` or `<|im_end|>` is seen though the answer never shows it. Only the last
+few tokens are decoded for that (a stop string that has just appeared lies within as many tokens as it has
+bytes), and the visible text only for a streamed answer, so that each step costs the same however long
+the answer has grown; the whole answer is decoded once, at its end.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from transformers import PreTrainedTokenizerBase
 
 REPLACEMENT_CHARACTER = "\ufffd"
 """What a tokenizer decodes half a multi-byte character to."""
+STOP_WINDOW_SLACK = 8
+"""Tokens decoded before a stop string's longest possible span (its byte count), for context."""
 
 
 def cut_at_stops(text: str, stops: Sequence[str]) -> str:
@@ -29,9 +34,12 @@ def cut_at_stops(text: str, stops: Sequence[str]) -> str:
 class AnswerText:
     """The text of one answer being generated, token by token."""
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, stops: Sequence[str]):
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, stops: Sequence[str], stream: bool = True):
         self.tokenizer = tokenizer
         self.stops = [stop for stop in stops if stop]
+        self.stream = stream
+        """Whether `add` returns text as it settles (else only `final` is wanted)."""
+        self.window = max((len(stop.encode("utf-8")) for stop in self.stops), default=0) + STOP_WINDOW_SLACK
         self.token_ids: list[int] = []
         self.shown = ""
         """The text handed out so far; always a prefix of the final text."""
@@ -39,12 +47,12 @@ class AnswerText:
         """A stop string has appeared: the answer is complete."""
 
     def add(self, token_id: int) -> str:
-        """Take the next token; return the text that can be shown now (often empty)."""
+        """Take the next token; return the text that can be shown now (often empty; always, unless streaming)."""
         self.token_ids.append(token_id)
         if self.stops:
-            raw = self.tokenizer.decode(self.token_ids, skip_special_tokens=False)
+            raw = self.tokenizer.decode(self.token_ids[-self.window:], skip_special_tokens=False)
             self.stopped = any(stop in raw for stop in self.stops)
-        if self.stopped:
+        if self.stopped or not self.stream:
             return ""
         settled = self._settled(self._visible().lstrip())
         if len(settled) > len(self.shown) and settled.startswith(self.shown):

@@ -156,7 +156,7 @@ def create_app(args: argparse.Namespace) -> FastAPI:
         prepared = await run_in_threadpool(prepare_chat, chat, loaded, limits, tokenizer_lock)
         events: asyncio.Queue[Event] = asyncio.Queue()
         job = Job(prepared.prompt, prepared.max_tokens, prepared.stops, deliverer(asyncio.get_running_loop(), events),
-                  Sampling(chat.temperature, chat.top_p, chat.seed))
+                  Sampling(chat.temperature, chat.top_p, chat.seed), stream=chat.stream)
         engine.submit(job)
         handed_to_stream = False
         try:

@@ -73,6 +73,8 @@ class Job:
     """Every stop string: the template's and the request's."""
     deliver: Callable[[Event], None]
     sampling: Sampling = Sampling()
+    stream: bool = False
+    """Whether its text is wanted as it grows (TextDelta events), or only whole (Finished)."""
     cancelled: threading.Event = dataclasses.field(default_factory=threading.Event)
     """Set when the client has gone: the row is stopped at the next step, or never started."""
 
@@ -98,7 +100,7 @@ class Row:
 
     def __init__(self, job: Job, tokenizer: PreTrainedTokenizerBase):
         self.job = job
-        self.text = AnswerText(tokenizer, job.stops)
+        self.text = AnswerText(tokenizer, job.stops, stream=job.stream)
         self.done = False
         self.finish_reason: str | None = None
 
@@ -128,7 +130,7 @@ class Row:
         self.done, self.finish_reason = True, reason
         if reason == "cancelled":
             return
-        rest = self.text.rest()
+        rest = self.text.rest() if self.job.stream else ""
         if rest:
             self.job.deliver(TextDelta(rest))
         self.job.deliver(Finished(self.text.final(), reason, self.job.prompt_tokens, self.completion_tokens))

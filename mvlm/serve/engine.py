@@ -157,8 +157,11 @@ class Engine:
         rows = self.running
         self.counts["batches"] += 1
         self.counts["batched_rows"] += len(rows)
+        started = time.perf_counter()
         try:
             self.generate(rows)
+            logger.debug("batch of %d: %s tokens in %.3f s", len(rows), [row.completion_tokens for row in rows],
+                         time.perf_counter() - started)
         except torch.OutOfMemoryError as error:
             logger.warning("out of memory in a batch of %d: %s", len(rows), error)
             message = (f"out of memory while generating a batch of {len(rows)} request(s) "
