@@ -94,10 +94,11 @@ def build_page(backends: list[Backend], settings: Settings = Settings()) -> gr.B
         parameters = [
             gr.Slider(0.0, 1.0, value=settings.temperature, step=0.05, label="Temperature",
                       info="0 decodes greedily", elem_id="temperature", render=False),
-            gr.Slider(0.0, 1.0, value=settings.top_p, step=0.05, label="Top P", elem_id="top-p", render=False),
-            gr.Slider(1, max(2048, settings.max_tokens), value=settings.max_tokens, step=1, label="Max new tokens",
+            gr.Slider(0.05, 1.0, value=settings.top_p, step=0.05, label="Top P", elem_id="top-p", render=False),
+            gr.Slider(1, max(1024, settings.max_tokens), value=settings.max_tokens, step=1, label="Max new tokens",
                       elem_id="max-tokens", render=False),
-        ]  # not rendered here: ChatInterface puts them into its "Parameters" accordion
+        ]  # not rendered here: ChatInterface puts them into its "Parameters" accordion. OpenAI's top_p is > 0;
+        # 1024 is mvlm's server's default cap on max_tokens (its --max-new-tokens)
         textbox = gr.MultimodalTextbox(file_types=["image"], file_count="multiple", sources=["upload"],
                                        placeholder="Ask about an image: attach it with the clip, type, press Enter",
                                        show_label=False, submit_btn=True, stop_btn=True, autofocus=True,
