@@ -35,4 +35,5 @@ if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
         echo "[mvlm] /usr/bin/chromium or /usr/bin/chromedriver is missing (installing needs root and apt-get): the browser tests will be skipped"
     fi
 fi
+source "$REPO_ROOT/scripts/llama_cpp_env.sh"  # llama.cpp for tests/test_to_gguf.py (built from source once)
 exec "$PYTHON" -m pytest tests "$@"

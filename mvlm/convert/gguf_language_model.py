@@ -33,7 +33,11 @@ def language_model_refusals(model: Any) -> list[str]:
     if getattr(model, "hf_quantizer", None) is not None or getattr(language_model, "hf_quantizer", None) is not None:
         reasons.append("the model is quantized (bitsandbytes); load it without --load-4bit/8bit and choose "
                        "--outtype instead")
-    if language_model.config.model_type == "phi3":
+    config = language_model.config
+    if config.model_type == "phi" and config.intermediate_size != 4 * config.hidden_size:
+        reasons.append(f"llama.cpp's Phi-2 converter writes a feed-forward width of 4 x hidden_size "
+                       f"({4 * config.hidden_size}), and this Phi's is {config.intermediate_size}")
+    if config.model_type == "phi3":
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -46,7 +50,11 @@ def language_model_refusals(model: Any) -> list[str]:
 def write_language_model(model: Any, tokenizer: Any, folder: str, chat_template: str | None) -> None:
     """Save the causal LM (safetensors), its generation config, and the tokenizer with `chat_template`."""
     language_model = model.language_model
-    if language_model.config.model_type == "phi3":
+    config = language_model.config
+    if config.model_type == "phi" and config.intermediate_size != 4 * config.hidden_size:
+        reasons.append(f"llama.cpp's Phi-2 converter writes a feed-forward width of 4 x hidden_size "
+                       f"({4 * config.hidden_size}), and this Phi's is {config.intermediate_size}")
+    if config.model_type == "phi3":
         _write_phi3_as_llama(language_model, folder)
     else:
         language_model.save_pretrained(folder, safe_serialization=True)
@@ -54,6 +62,14 @@ def write_language_model(model: Any, tokenizer: Any, folder: str, chat_template:
     tokenizer.chat_template = chat_template
     tokenizer.save_pretrained(folder)
     _name_tokenizer_class_for_4x(folder)  # llama.cpp's converters run with transformers 4.x
+    prefix = space_prefix(tokenizer)
+    if prefix is not None:
+        path = os.path.join(folder, "tokenizer_config.json")
+        with open(path, encoding="utf-8") as handle:
+            config = json.load(handle)
+        config["add_prefix_space"] = prefix  # what convert_hf_to_gguf.py writes as tokenizer.ggml.add_space_prefix
+        with open(path, "w", encoding="utf-8") as handle:
+            json.dump(config, handle, indent=2, ensure_ascii=False)
 
 
 def _write_phi3_as_llama(language_model: Any, folder: str) -> None:
@@ -68,6 +84,38 @@ def _write_phi3_as_llama(language_model: Any, folder: str) -> None:
     save_torch_state_dict(state, folder, metadata={"format": "pt"})
     config.save_pretrained(folder)
     language_model.generation_config.save_pretrained(folder)
+
+
+def space_prefix(tokenizer: Any) -> bool | None:
+    """Whether llama.cpp's SentencePiece tokenizer must put "▁" before each text it tokenizes, as the
+    HuggingFace tokenizer does (None: not a "▁" tokenizer, nothing to say).
+
+    llama.cpp's `add_space_prefix` puts one at the start of every text and after every special token
+    (`<image>`, `[INST]`): HuggingFace's legacy form (a normalizer prepending "▁", or Metaspace's "always").
+    Metaspace's "first" (transformers 5's Llama tokenizers) marks only the very first word, and "never"
+    none: llama.cpp must add none then. Chat prompts stay exact, since mvlm's chat template writes that
+    first word's space itself (mvlm.convert.chat_template.leading_bos; llama.cpp drops the template's
+    BOS text and adds its BOS token); a raw completion prompt loses its first word's "▁"."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return None
+    declared = json.loads(backend.to_str())
+    for step in _steps(declared.get("pre_tokenizer")) + _steps(declared.get("normalizer")):
+        if step.get("type") == "Metaspace":
+            return step.get("prepend_scheme", "always") == "always"
+        if step.get("type") == "Prepend" and step.get("prepend") == "▁":
+            return True
+    return None
+
+
+def _steps(component: dict | None) -> list[dict]:
+    """A tokenizer.json normalizer or pre-tokenizer as its list of steps (Sequences flattened)."""
+    if not component:
+        return []
+    if component.get("type") == "Sequence":
+        inner = component.get("pretokenizers") or component.get("normalizers") or []
+        return [step for part in inner for step in _steps(part)]
+    return [component]
 
 
 def declared_bpe_pre_tokenizer(tokenizer: Any) -> str | None:

@@ -12,7 +12,9 @@ A `Llava15ChatHandler` with the mmproj file renders the chat with its CHAT_FORMA
 template, so both sides prompt alike. The handler finds images as `image_url` parts and swaps their URL,
 wherever the template wrote it, for mtmd's media marker; mvlm's template writes a string turn as it is,
 so each user turn is handed to it as the string the handler expects: the image URL, a newline, the
-question (mvlm's `<image>` + newline at the start of a turn). No default system message is added.
+question (mvlm's `<image>` + newline at the start of a turn). No default system message is added, and
+the template's BOS is left to llama.cpp's tokenizer (mtmd adds it where the vocabulary says to; the handler
+would hand the template the BOS as bytes).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import llama_cpp.mtmd_cpp as mtmd
 from llama_cpp.llama_chat_format import Llava15ChatHandler
 
 TURNS_AS_STRINGS = """
+{%- set bos_token = '' -%}
 {%- set ns = namespace(messages=[]) -%}
 {%- for message in messages -%}
 {%- if message.content is string -%}
