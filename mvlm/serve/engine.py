@@ -90,6 +90,7 @@ class Engine:
                 "max_batch_size": self.max_batch_size,
                 "mean_batch_size": round(counts.get("batched_rows", 0) / batches, 3) if batches else None,
                 **counts,
+                "generate_seconds": round(counts.get("generate_seconds", 0.0), 3),
             }
 
     def start(self) -> None:
@@ -176,6 +177,7 @@ class Engine:
             self._fail_unfinished(rows, ApiError(500, f"generation failed: {type(error).__name__}: {error}",
                                                  type=SERVER_ERROR, code="generation_failed"))
         finally:
+            self.counts["generate_seconds"] += time.perf_counter() - started
             for row in rows:
                 if not row.done:  # generate ended without the row's own limit (cannot happen; never leave a client)
                     row.finish("length")
