@@ -50,11 +50,7 @@ def language_model_refusals(model: Any) -> list[str]:
 def write_language_model(model: Any, tokenizer: Any, folder: str, chat_template: str | None) -> None:
     """Save the causal LM (safetensors), its generation config, and the tokenizer with `chat_template`."""
     language_model = model.language_model
-    config = language_model.config
-    if config.model_type == "phi" and config.intermediate_size != 4 * config.hidden_size:
-        reasons.append(f"llama.cpp's Phi-2 converter writes a feed-forward width of 4 x hidden_size "
-                       f"({4 * config.hidden_size}), and this Phi's is {config.intermediate_size}")
-    if config.model_type == "phi3":
+    if language_model.config.model_type == "phi3":
         _write_phi3_as_llama(language_model, folder)
     else:
         language_model.save_pretrained(folder, safe_serialization=True)

@@ -18,6 +18,7 @@ one the user names (`--converter-python`), or this one where its transformers is
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import subprocess
@@ -121,7 +122,12 @@ CONVERTER_PROBE = ("import json, numpy, sentencepiece, torch, tqdm, yaml, transf
 def converter_python(python: str | None = None) -> str:
     """The Python that runs llama.cpp's converters: `python`, else this one; an ExportError when it lacks
     llama.cpp's conversion requirements or has transformers 5."""
-    chosen = python or sys.executable
+    return _checked_converter_python(python or sys.executable)
+
+
+@functools.lru_cache(maxsize=None)
+def _checked_converter_python(chosen: str) -> str:
+    """converter_python's check, once per Python (it imports torch and transformers there: seconds)."""
     hint = ("pass --converter-python, a Python with llama.cpp's conversion requirements (e.g. a venv with "
             "`pip install torch 'transformers==4.57.*' numpy pyyaml tqdm sentencepiece safetensors`)")
     result = subprocess.run([chosen, "-c", CONVERTER_PROBE], capture_output=True, text=True)

@@ -14,7 +14,8 @@ wherever the template wrote it, for mtmd's media marker; mvlm's template writes 
 so each user turn is handed to it as the string the handler expects: the image URL, a newline, the
 question (mvlm's `<image>` + newline at the start of a turn). No default system message is added, and
 the template's BOS is left to llama.cpp's tokenizer (mtmd adds it where the vocabulary says to; the handler
-would hand the template the BOS as bytes).
+would hand the template the BOS as bytes). One thread: tiny models gain nothing from more, and on a busy
+two-core machine threads waiting for each other make a run many times slower.
 """
 
 from __future__ import annotations
@@ -89,7 +90,7 @@ def main() -> None:
         request = json.load(handle)
     handler = chat_handler(request["mmproj"], request["chat_template"])
     llama = llama_cpp.Llama(model_path=request["model"], chat_handler=handler, n_ctx=request.get("n_ctx", 512),
-                            n_threads=2, n_batch=512, seed=0, verbose=False)
+                            n_threads=1, n_batch=512, seed=0, verbose=False)
     result: dict = {"answers": [], "prompt_tokens": []}
     for question in request["questions"]:
         messages = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": data_uri(question["image"])}},
