@@ -136,8 +136,10 @@ def create_app(args: argparse.Namespace) -> FastAPI:
     install_error_handlers(app)
 
     @app.get("/health")
-    async def health() -> dict[str, Any]:
-        return {"status": "ok", "model": name, **engine.stats()}
+    async def health() -> JSONResponse:
+        if not engine.alive():
+            return JSONResponse({"status": "stopped", "model": name, **engine.stats()}, status_code=503)
+        return JSONResponse({"status": "ok", "model": name, **engine.stats()})
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:

@@ -50,6 +50,10 @@ class Failed:
 Event = Union[TextDelta, Finished, Failed]
 
 
+MIN_SAMPLING_TEMPERATURE = 1e-5
+"""Below this a temperature is greedy: dividing logits by it would overflow them (and change no choice)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Sampling:
     """How tokens are chosen: temperature 0 is greedy (top_p and seed then change nothing)."""
@@ -60,7 +64,7 @@ class Sampling:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature <= 0
+        return self.temperature < MIN_SAMPLING_TEMPERATURE
 
 
 @dataclasses.dataclass(eq=False)

@@ -72,6 +72,7 @@ class Engine:
         with self.condition:
             if self.stopping:
                 raise shutting_down()
+            self._drop_cancelled()
             if len(self.waiting) >= self.max_queue:
                 self.counts["refused_queue_full"] += 1
                 raise ApiError(429, f"the server's queue is full ({self.max_queue} requests waiting, --max-queue); "
@@ -111,41 +112,56 @@ class Engine:
 
     # ---------------------------------------------------------------- the scheduler thread
 
+    def alive(self) -> bool:
+        return self.thread is not None and self.thread.is_alive() and not self.stopping
+
     def _loop(self) -> None:
         while True:
-            batch = self._take_batch()
-            if batch is None:
+            try:
+                rows = self._take_batch()
+            except Exception:  # a bug in scheduling: log it and go on (its jobs stay queued)
+                logger.exception("forming a batch failed")
+                time.sleep(0.1)
+                continue
+            if rows is None:
                 return
-            self._run(batch)
+            self._run(rows)
 
-    def _take_batch(self) -> list[Job] | None:
-        """The oldest waiting job and those that can join it; waits briefly for the previous batch's size."""
+    def _take_batch(self) -> list[Row] | None:
+        """The next batch's rows (the oldest waiting job and those that can join it); None when stopping."""
         with self.condition:
             while True:
                 self._drop_cancelled()
                 if self.stopping:
                     return None
-                if self.waiting:
+                batch = self._gather() if self.waiting else []
+                if batch:
                     break
-                self.condition.wait()
-            deadline = time.monotonic() + self.batch_wait_s
-            while True:
-                batch = self._compatible()
-                wanted = min(self.max_batch_size, self.expected_batch)
-                left = deadline - time.monotonic()
-                if len(batch) >= wanted or left <= 0 or self.stopping:
-                    break
-                self.condition.wait(left)
-                self._drop_cancelled()
-                if not self.waiting:  # every waiting client left while we waited
-                    return self._take_batch()
+                if not self.waiting:
+                    self.condition.wait()
             for job in batch:
                 self.waiting.remove(job)
-            self.expected_batch = max(len(batch), 1)
+            self.expected_batch = len(batch)
             self.running = [Row(job, self.tokenizer) for job in batch]
-            return batch
+            return self.running
+
+    def _gather(self) -> list[Job]:
+        """Jobs for a batch, waiting up to `batch_wait_s` for as many as the previous batch held (called with
+        the condition held; empty if every waiting client left meanwhile, or the engine is stopping)."""
+        deadline = time.monotonic() + self.batch_wait_s
+        while True:
+            batch = self._compatible()
+            left = deadline - time.monotonic()
+            if len(batch) >= min(self.max_batch_size, self.expected_batch) or left <= 0:
+                return batch
+            self.condition.wait(left)
+            self._drop_cancelled()
+            if self.stopping or not self.waiting:
+                return []
 
     def _compatible(self) -> list[Job]:
+        if not self.waiting:
+            return []
         key = self.waiting[0].batch_key()
         return [job for job in self.waiting if job.batch_key() == key][: self.max_batch_size]
 
@@ -154,11 +170,9 @@ class Engine:
             self.waiting.remove(job)
             self.counts["cancelled"] += 1
 
-    def _run(self, batch: Sequence[Job]) -> None:
-        rows = self.running
-        self.counts["batches"] += 1
-        self.counts["batched_rows"] += len(rows)
+    def _run(self, rows: Sequence[Row]) -> None:
         started = time.perf_counter()
+        out_of_memory = False
         try:
             self.generate(rows)
             logger.debug("batch of %d: %s tokens in %.3f s", len(rows), [row.completion_tokens for row in rows],
@@ -169,22 +183,24 @@ class Engine:
                        f"({sum(row.job.prompt_tokens for row in rows)} prompt tokens): retry, or start the server "
                        f"with a smaller --max-batch-size (now {self.max_batch_size}) or --max-new-tokens")
             self._fail_unfinished(rows, ApiError(503, message, type=SERVER_ERROR, code="out_of_memory"))
-            self.counts["out_of_memory"] += 1
-            del error
-            self._free_memory()
+            out_of_memory = True
         except Exception as error:  # a bug: answer this batch, keep serving the next
             logger.exception("generation failed for a batch of %d", len(rows))
             self._fail_unfinished(rows, ApiError(500, f"generation failed: {type(error).__name__}: {error}",
                                                  type=SERVER_ERROR, code="generation_failed"))
         finally:
-            self.counts["generate_seconds"] += time.perf_counter() - started
             for row in rows:
-                if not row.done:  # generate ended without the row's own limit (cannot happen; never leave a client)
+                if not row.done:  # generate ended before the row's own limit (it cannot; never leave a client)
                     row.finish("length")
-                self.counts["completion_tokens"] += row.completion_tokens
-                self.counts[{"cancelled": "cancelled", "error": "failed"}.get(row.finish_reason, "completed")] += 1
             with self.condition:
                 self.running = []
+                self.counts.update(batches=1, batched_rows=len(rows), out_of_memory=int(out_of_memory),
+                                   completion_tokens=sum(row.completion_tokens for row in rows))
+                self.counts.update(
+                    {"cancelled": "cancelled", "error": "failed"}.get(row.finish_reason, "completed") for row in rows)
+                self.counts["generate_seconds"] += time.perf_counter() - started
+        if out_of_memory:  # here, not in `except`: the traceback's frames hold the batch's tensors until then
+            self._free_memory()
 
     def _fail_unfinished(self, rows: Sequence[Row], error: ApiError) -> None:
         for row in rows:
@@ -202,8 +218,8 @@ class Engine:
         """One `generate` for the batch; each row ends (and is answered) by `BatchRows`."""
         prompts = [row.job.prompt for row in rows]
         sampling = rows[0].job.sampling
-        config = generation_config(self.model, self.tokenizer, temperature=sampling.temperature, top_p=sampling.top_p,
-                                   max_new_tokens=max(row.job.max_tokens for row in rows))
+        config = generation_config(self.model, self.tokenizer, temperature=0.0 if sampling.greedy else sampling.temperature,
+                                   top_p=sampling.top_p, max_new_tokens=max(row.job.max_tokens for row in rows))
         eos = config.eos_token_id
         eos_ids = set(eos if isinstance(eos, (list, tuple)) else [] if eos is None else [eos])
         if sampling.seed is not None and not sampling.greedy:
