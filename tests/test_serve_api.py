@@ -32,7 +32,7 @@ from PIL import Image
 from mvlm.conversation import get_conversation
 from mvlm.eval import model_vqa
 from mvlm.inference import encode_prompt, generate_answers, generation_config
-from mvlm.serve import cli
+from mvlm.serve import api, cli
 from mvlm.serve.answer_text import AnswerText
 from mvlm.serve.api import serve_in_background
 from mvlm.serve.engine import Engine
@@ -526,3 +526,15 @@ def test_streamed_text_adds_up_to_the_final_answer_and_never_shows_a_stop():
     assert shown == ["caf", "", "\u00e9!"] and final == "caf\u00e9!"
     shown, rest, final = streamed([b"a", b"b STOP", b"c"], ["</s>", "STOP"])
     assert final == "ab" and "".join(shown) + rest == "ab"
+
+
+def test_a_checkpoint_that_cannot_load_is_one_line_and_exit_1(tmp_path, capsys):
+    with pytest.raises(SystemExit) as caught:
+        api.main(["--model-path", str(tmp_path / "missing-ckpt"), "--device", "cpu"])
+    assert caught.value.code == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("python -m mvlm.serve.api: error: ")
+    assert "missing-ckpt" in err
+    with pytest.raises(SystemExit) as caught:
+        api.main(["--model-path", str(tmp_path), "--max-batch-size", "0"])
+    assert caught.value.code == 1 and "--max-batch-size must be >= 1" in capsys.readouterr().err
