@@ -33,7 +33,8 @@ from mvlm.convert import to_gguf
 from mvlm.convert.chat_template import chat_template_for
 from mvlm.convert.gguf_llama_cpp import LLAMA_CPP_PYTHON_VERSION
 from mvlm.convert.gguf_mmproj import CLASS_TOKEN_NOTE, feature_layers, has_class_token
-from mvlm.convert.ollama_modelfile import go_template
+from mvlm.convert.gguf_language_model import space_prefix
+from mvlm.convert.ollama_modelfile import go_template, writes_first_space
 from mvlm.conversation import get_conversation
 from mvlm.errors import ExportError
 from mvlm.inference import encode_prompt, generate_answers, generation_config, new_conversation
@@ -231,10 +232,15 @@ def test_transformers_5_cannot_run_the_image_encoder_converter(checkpoints, tmp_
     assert not (tmp_path / "out").exists()
 
 
-def test_modelfile_template_renders_the_turns_as_mvlm():
-    """The Go template writes the same constants around the turns as mvlm's v1 and phi3_chat templates."""
-    v1 = go_template(get_conversation("v1"))
-    assert v1.startswith("{{ $.System }} ")
+def test_modelfile_template_renders_the_turns_as_mvlm(tokenizers):
+    """The Go template writes the same constants around the turns as mvlm's v1 and phi3_chat templates, and
+    opens with a space where mvlm's Jinja writes one after the BOS (a Llama tokenizer marking only the first
+    word), since llama.cpp then adds no space itself."""
+    llama_tokenizer, gpt2_tokenizer = tokenizers("sentencepiece", True), tokenizers("bytelevel", False)
+    assert writes_first_space("v1", llama_tokenizer) and not writes_first_space("v1", gpt2_tokenizer)
+    assert space_prefix(llama_tokenizer) is False and space_prefix(gpt2_tokenizer) is None
+    v1 = go_template(get_conversation("v1"), first_space=True)
+    assert v1.startswith(" {{ $.System }} ")
     assert 'USER: {{ .Content }} ' in v1 and "ASSISTANT: {{ .Content }}</s>" in v1
     phi3 = go_template(get_conversation("phi3_chat"))
     assert "<|user|>\n{{ .Content }}<|end|>\n" in phi3 and "{{ if $last }}<|assistant|>\n{{ end }}" in phi3

@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import json
 
+from typing import Any
+
 from mvlm.chat_format import LAYOUTS, IfSystem, Layout, Parts, Slot
-from mvlm.conversation import Conversation, SeparatorStyle
+from mvlm.convert.chat_template import chat_template_for, leading_bos
+from mvlm.conversation import Conversation, SeparatorStyle, get_conversation
 from mvlm.errors import ExportError
 
 
@@ -42,8 +45,17 @@ def _go(conv: Conversation, parts: Parts, speaker: int) -> str:
     return "".join(out)
 
 
-def go_template(conv: Conversation) -> str | None:
-    """ollama's TEMPLATE rendering conversations as `conv` does (None for the tokenizer's own template)."""
+def writes_first_space(conv_mode: str, tokenizer: Any) -> bool:
+    """Whether the prompt must open with a space: mvlm's Jinja writes one after the BOS where the tokenizer
+    marks only a text's first word with "▁" (mvlm.convert.chat_template.leading_bos); llama.cpp, and so
+    ollama, then reads the GGUF without a space prefix of its own (mvlm.convert.gguf_language_model)."""
+    template = chat_template_for(conv_mode, None)
+    return template is not None and '" "' in leading_bos(template, tokenizer)
+
+
+def go_template(conv: Conversation, first_space: bool = False) -> str | None:
+    """ollama's TEMPLATE rendering conversations as `conv` does (None for the tokenizer's own template);
+    `first_space`: open the prompt with a space (writes_first_space)."""
     if conv.sep_style is SeparatorStyle.CHAT_TEMPLATE:
         return None
     layout: Layout = LAYOUTS[conv.sep_style]
@@ -53,7 +65,7 @@ def go_template(conv: Conversation) -> str | None:
     assistant = _go(conv, layout.assistant_header + layout.answer + layout.after_answer, 1)
     header = _go(conv, layout.assistant_header, 1)
     return (
-        _go(conv, layout.prologue, 0)
+        (" " if first_space else "") + _go(conv, layout.prologue, 0)
         + "{{ $first := true }}{{ range $i, $_ := $.Messages }}{{ $last := eq (len (slice $.Messages $i)) 1 }}"
         + '{{ if eq .Role "user" }}' + user + "{{ $first = false }}"
         + ("{{ if $last }}" + header + "{{ end }}" if header else "")
@@ -67,11 +79,13 @@ def _quoted(value: str, what: str) -> str:
     return f'"""{value}"""'
 
 
-def modelfile_text(language_model_file: str, mmproj_file: str, conv: Conversation, context_length: int) -> str:
+def modelfile_text(language_model_file: str, mmproj_file: str, conv_mode: str, tokenizer: Any,
+                   context_length: int) -> str:
     """The Modelfile: FROM the language model, FROM the projector (ollama's form for a LLaVA mmproj),
     TEMPLATE, SYSTEM, the stop string, greedy decoding (mvlm's default) and the context length."""
+    conv = get_conversation(conv_mode, tokenizer)
     lines = [f"FROM ./{language_model_file}", f"FROM ./{mmproj_file}"]
-    template = go_template(conv)
+    template = go_template(conv, writes_first_space(conv_mode, tokenizer))
     if template is not None:
         lines.append(f"TEMPLATE {_quoted(template, 'chat template')}")
     if conv.system and conv.sep_style is not SeparatorStyle.CHAT_TEMPLATE:

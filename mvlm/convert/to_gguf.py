@@ -25,7 +25,7 @@ import sys
 import tempfile
 from typing import Any
 
-from mvlm.conversation import conv_templates, get_conversation
+from mvlm.conversation import conv_templates
 from mvlm.convert.chat_template import chat_template_for
 from mvlm.convert.dtypes import checkpoint_dtype
 from mvlm.convert.gguf_language_model import declared_bpe_pre_tokenizer, language_model_refusals, write_language_model
@@ -84,8 +84,7 @@ def export_to_gguf(loaded: Any, out_dir: str, outtype: str = "f16", llama_cpp: s
         mmproj = convert_mmproj(tree, python, model, loaded.image_processor, work, "f32" if outtype == "f32" else "f16", name)
         shutil.move(mmproj, os.path.join(staging, mmproj_name))
         with open(os.path.join(staging, "Modelfile"), "w", encoding="utf-8") as handle:
-            handle.write(modelfile_text(lm_name, mmproj_name, get_conversation(mode, tokenizer),
-                                        loaded.context_length))
+            handle.write(modelfile_text(lm_name, mmproj_name, mode, tokenizer, loaded.context_length))
     return tuple(os.path.join(out_dir, file) for file in (lm_name, mmproj_name, "Modelfile"))  # type: ignore[return-value]
 
 
