@@ -28,7 +28,8 @@ if [ -z "${MVLM_LLAMA_CPP_PYTHON:-}" ] || [ -z "${MVLM_LLAMA_CPP_DIR:-}" ]; then
         CMAKE_FLAGS="$CMAKE_FLAGS -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF"
         CPU="$( (grep -m1 '^flags' /proc/cpuinfo || uname -m) | cksum | cut -d' ' -f1)"
         WANT="llama-cpp-python==$VERSION cmake: $CMAKE_FLAGS cpu: $CPU"
-        CONVERTER_WANT="torch==${MVLM_TORCH_VERSION:-2.13.0} transformers==4.57.* numpy pyyaml tqdm sentencepiece safetensors"
+        CONVERTER_WANT="torch==${MVLM_TORCH_VERSION:-2.13.0} transformers==4.57.*"
+        CONVERTER_WANT="$CONVERTER_WANT numpy pyyaml tqdm sentencepiece safetensors"
         if [ -f "$_LC/.mvlm-installed" ] && [ "$(cat "$_LC/.mvlm-installed")" = "$WANT" ] \
             && [ -f "$_LC/llama.cpp/convert_hf_to_gguf.py" ]; then
             if [ ! -f "$_LC/.mvlm-converter-installed" ] \
@@ -40,7 +41,8 @@ if [ -z "${MVLM_LLAMA_CPP_PYTHON:-}" ] || [ -z "${MVLM_LLAMA_CPP_DIR:-}" ]; then
             fi
             exit 0
         fi
-        echo "[mvlm] setting up $_LC (llama-cpp-python $VERSION built from source, CPU only; about 4 minutes on 2 cores)"
+        echo "[mvlm] setting up $_LC (llama-cpp-python $VERSION built from source, CPU only;" \
+             "about 4 minutes on 2 idle cores)"
         START=$SECONDS
         rm -rf "$_LC"
         python3 -m venv "$_LC"

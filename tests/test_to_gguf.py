@@ -135,7 +135,8 @@ def export(name: str, checkpoint: str, loaded, out_dir: str, outtype: str) -> tu
     if outtype == "f32":
         to_gguf.main(["--model-path", checkpoint, "--out-dir", out_dir, "--outtype", outtype, "--llama-cpp",
                       LLAMA_CPP_DIR, "--converter-python", LLAMA_CPP_PYTHON, "--name", name])
-        files = tuple(os.path.join(out_dir, file) for file in (*to_gguf.gguf_file_names(name, outtype), "Modelfile"))
+        files = tuple(os.path.join(out_dir, file)
+                      for file in (*to_gguf.gguf_file_names(name, outtype), "Modelfile"))
     else:
         files = to_gguf.export_to_gguf(loaded, out_dir, outtype, LLAMA_CPP_DIR, name=name, python=LLAMA_CPP_PYTHON)
     assert sorted(os.listdir(out_dir)) == sorted(os.path.basename(file) for file in files)
@@ -148,8 +149,9 @@ def report(name: str, demo, answers: list[str], agreements: dict[str, float], ca
         right = [json.loads(line)["answer"] for line in handle]
     accuracy = sum(ours.strip() == truth for ours, truth in zip(answers, right)) / len(answers)
     with capsys.disabled():
+        shares = ", ".join(f"{outtype} {share:.0%}" for outtype, share in agreements.items())
         print(f"\n[gguf] {name}: mvlm right on {accuracy:.0%} of {len(answers)} image questions; llama.cpp's greedy "
-              "answers identical to mvlm's: " + ", ".join(f"{outtype} {share:.0%}" for outtype, share in agreements.items()))
+              f"answers identical to mvlm's: {shares}")
 
 
 @needs_llama_cpp

@@ -56,8 +56,10 @@ def gguf_file_names(name: str, outtype: str) -> tuple[str, str]:
     return f"{name}-{outtype}.gguf", f"{name}-mmproj-{'f32' if outtype == 'f32' else 'f16'}.gguf"
 
 
-def export_to_gguf(loaded: Any, out_dir: str, outtype: str = "f16", llama_cpp: str | None = None,
-                   conv_mode: str | None = None, name: str = "model", python: str | None = None) -> tuple[str, str, str]:
+def export_to_gguf(
+    loaded: Any, out_dir: str, outtype: str = "f16", llama_cpp: str | None = None, conv_mode: str | None = None,
+    name: str = "model", python: str | None = None,
+) -> tuple[str, str, str]:
     """Write the two GGUF files and the Modelfile into the new folder `out_dir`; nothing is left there on
     a refusal or a failure. Returns the paths of (language model, mmproj, Modelfile)."""
     model, tokenizer = loaded.model, loaded.tokenizer
@@ -66,26 +68,27 @@ def export_to_gguf(loaded: Any, out_dir: str, outtype: str = "f16", llama_cpp: s
     reasons = gguf_refusals(model)
     if reasons:
         raise ExportError("llama.cpp cannot hold this model: " + "; ".join(reasons))
-    check_new_folder(out_dir, "--out-dir")
-    python = converter_python(python)
-    tree = locate_llama_cpp(llama_cpp)
     mode = conv_mode or getattr(model.config, "conv_mode", None)
     if mode is None:
         raise ExportError("the checkpoint records no conv_mode (chat template); pass --conv-mode NAME, one of "
                           f"{', '.join(sorted(conv_templates))}")
+    check_new_folder(out_dir, "--out-dir")
+    python = converter_python(python)
+    tree = locate_llama_cpp(llama_cpp)
     template = chat_template_for(mode, tokenizer)
     lm_name, mmproj_name = gguf_file_names(name, outtype)
     with staged_folder(out_dir, "--out-dir") as staging, tempfile.TemporaryDirectory(prefix="mvlm-gguf-") as work:
         lm_folder = os.path.join(work, "language_model")
         write_language_model(model, tokenizer, lm_folder, template)
-        run_converter(tree, python, tree.convert_hf, [lm_folder, "--outfile", os.path.join(staging, lm_name),
-                                              "--outtype", outtype, "--model-name", name],
-                      "the language model", bpe_pre_tokenizer=declared_bpe_pre_tokenizer(tokenizer))
-        mmproj = convert_mmproj(tree, python, model, loaded.image_processor, work, "f32" if outtype == "f32" else "f16", name)
+        lm_args = [lm_folder, "--outfile", os.path.join(staging, lm_name), "--outtype", outtype, "--model-name", name]
+        run_converter(tree, python, tree.convert_hf, lm_args, "the language model",
+                      bpe_pre_tokenizer=declared_bpe_pre_tokenizer(tokenizer))
+        mmproj_type = "f32" if outtype == "f32" else "f16"
+        mmproj = convert_mmproj(tree, python, model, loaded.image_processor, work, mmproj_type, name)
         shutil.move(mmproj, os.path.join(staging, mmproj_name))
         with open(os.path.join(staging, "Modelfile"), "w", encoding="utf-8") as handle:
             handle.write(modelfile_text(lm_name, mmproj_name, mode, tokenizer, loaded.context_length))
-    return tuple(os.path.join(out_dir, file) for file in (lm_name, mmproj_name, "Modelfile"))  # type: ignore[return-value]
+    return os.path.join(out_dir, lm_name), os.path.join(out_dir, mmproj_name), os.path.join(out_dir, "Modelfile")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -93,8 +93,9 @@ def main() -> None:
                             n_threads=1, n_batch=512, seed=0, verbose=False)
     result: dict = {"answers": [], "prompt_tokens": []}
     for question in request["questions"]:
-        messages = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": data_uri(question["image"])}},
-                                                 {"type": "text", "text": question["text"]}]}]
+        content = [{"type": "image_url", "image_url": {"url": data_uri(question["image"])}},
+                   {"type": "text", "text": question["text"]}]
+        messages = [{"role": "user", "content": content}]
         reply = llama.create_chat_completion(messages=messages, temperature=0.0, top_k=1, top_p=1.0, min_p=0.0,
                                              repeat_penalty=1.0, max_tokens=request["max_tokens"],
                                              stop=request["stop"], seed=0)
