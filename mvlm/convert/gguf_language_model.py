@@ -18,7 +18,7 @@ from typing import Any
 from huggingface_hub import save_torch_state_dict
 
 from mvlm.convert.phi3_to_llama import llama_config_from_phi3, split_phi3_state_dict
-from mvlm.convert.to_hf import _name_tokenizer_class_for_4x
+from mvlm.convert.to_hf import name_tokenizer_class_for_4x
 from mvlm.errors import ExportError
 
 BPE_PRE_TOKENIZERS = {("ByteLevel", False, True): "gpt-2"}
@@ -57,7 +57,7 @@ def write_language_model(model: Any, tokenizer: Any, folder: str, chat_template:
     tokenizer = copy.deepcopy(tokenizer)
     tokenizer.chat_template = chat_template
     tokenizer.save_pretrained(folder)
-    _name_tokenizer_class_for_4x(folder)  # llama.cpp's converters run with transformers 4.x
+    name_tokenizer_class_for_4x(folder)  # llama.cpp's converters run with transformers 4.x
     prefix = space_prefix(tokenizer)
     if prefix is not None:
         path = os.path.join(folder, "tokenizer_config.json")

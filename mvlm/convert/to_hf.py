@@ -215,12 +215,12 @@ def export_to_hf(
         with open(os.path.join(staging, "config.json"), "w", encoding="utf-8") as handle:
             json.dump(config, handle, indent=2, sort_keys=True)
         processor.save_pretrained(staging)
-        _name_tokenizer_class_for_4x(staging)
+        name_tokenizer_class_for_4x(staging)
         model.generation_config.save_pretrained(staging)
     return processor.chat_template
 
 
-def _name_tokenizer_class_for_4x(folder: str) -> None:
+def name_tokenizer_class_for_4x(folder: str) -> None:
     """5.x names its tokenizer.json-backed class `TokenizersBackend`, unknown to 4.x; 4.x reads the same
     tokenizer.json as `PreTrainedTokenizerFast` (which 5.x maps back to its backend)."""
     path = os.path.join(folder, "tokenizer_config.json")
