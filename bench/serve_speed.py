@@ -106,7 +106,8 @@ def free_port() -> int:
 class Server:
     """A `python -m mvlm.serve.api` process."""
 
-    def __init__(self, checkpoint: str, max_batch_size: int, max_tokens: int, threads: int, log_folder: str):
+    def __init__(self, checkpoint: str, max_batch_size: int, max_tokens: int, threads: int, log_folder: str,
+                 extra: list[str] | None = None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = os.path.join(log_folder, f"server-{max_batch_size}.log")
@@ -114,7 +115,7 @@ class Server:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "mvlm.serve.api", "--model-path", checkpoint, "--device", "cpu",
                  "--port", str(self.port), "--max-batch-size", str(max_batch_size), "--max-new-tokens",
-                 str(max_tokens), "--log-level", "warning"],
+                 str(max_tokens), "--log-level", "warning", *(extra or [])],
                 stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
                 env=dict(os.environ, OMP_NUM_THREADS=str(threads), HF_HUB_OFFLINE="1"))
 
@@ -204,6 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=None, help="runs per level and server, best kept (default 2)")
     parser.add_argument("--threads", type=int, default=1,
                         help="CPU threads of each server (OMP_NUM_THREADS; default 1: see the module's docstring)")
+    parser.add_argument("--batch-wait-ms", default=None, help="passed to the batched server (default: its own)")
     parser.add_argument("--json", default=None, help="also write the results here")
     args = parser.parse_args(argv)
     max_tokens = args.max_tokens or (16 if args.quick else 128)
@@ -214,7 +216,9 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="serve-speed-") as folder:
         checkpoint = build_checkpoint(folder)
-        servers = {name: Server(checkpoint, size, max_tokens, args.threads, folder) for name, size in SERVERS.items()}
+        extra = ["--batch-wait-ms", args.batch_wait_ms] if args.batch_wait_ms is not None else []
+        servers = {name: Server(checkpoint, size, max_tokens, args.threads, folder, extra if size > 1 else [])
+                   for name, size in SERVERS.items()}
         try:
             for server in servers.values():
                 server.wait_ready()

@@ -86,9 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="largest width x height accepted (default 4096x4096)")
     parser.add_argument("--allow-remote-images", action="store_true",
                         help="fetch http(s) image URLs (off: the server would open connections for any client)")
-    parser.add_argument("--batch-wait-ms", type=float, default=20.0,
-                        help="how long to wait for a batch as large as the previous one before starting a smaller "
-                        "one (default 20; never waited when one client is alone)")
+    parser.add_argument("--batch-wait-ms", type=float, default=50.0,
+                        help="how long a batch may wait for the requests expected to join it (those whose answers "
+                        "ended with the previous batch) before it starts without them (default 50)")
     parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     return parser
 
@@ -310,6 +310,7 @@ def serve_in_background(argv: list[str]) -> tuple[str, Callable[[], None]]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     with user_errors_exit(PROG):
         app = create_app(args)
     print(f"serving {served_name(args)} at http://{args.host}:{args.port}/v1", file=sys.stderr, flush=True)

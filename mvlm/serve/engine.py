@@ -8,10 +8,12 @@ moment it ends; the batch ends when its last row does, and the next batch is for
 
 Requests that arrive while a batch runs wait for it to end (no joining mid-decode: that would need a
 decode loop of our own instead of transformers' `generate`, which every model family here is tested
-with). Closed-loop clients therefore come back a few milliseconds apart after each batch; so that they
-are not split into a batch of one and a batch of the rest, the scheduler waits up to `batch_wait_s` for
-as many requests as the previous batch held before it starts a smaller batch. One client alone never
-waits (its previous batch held one request).
+with). Clients whose answers ended with the batch come back some milliseconds apart; so that they are
+not split into a batch of the quick ones and a batch of the rest (a split that would then persist), the
+scheduler waits up to `batch_wait_s` for as many requests as it expects — those already waiting when
+the batch ended plus the rows that ended with it — before it starts a smaller batch. Requests that
+arrive together (less than `BURST_GAP_S` apart) go into the same batch, so a burst after a quiet spell
+is not split into its first request and the rest; a client alone waits only that gap.
 
 A full queue refuses at once (429). Out of memory during a batch answers that batch's unfinished
 requests with a 503 that says so, frees the cache, and the next batch runs as usual.
@@ -35,6 +37,8 @@ from mvlm.serve.api_errors import RATE_LIMIT, SERVER_ERROR, ApiError
 from mvlm.serve.batch_rows import BatchRows, Job, Row
 
 logger = logging.getLogger(__name__)
+BURST_GAP_S = 0.005
+"""Requests that arrive less than this apart arrive together: a batch waits for the next one."""
 
 
 def shutting_down() -> ApiError:
@@ -45,7 +49,7 @@ class Engine:
     """Owns the model; `submit` jobs from any thread, `start` and `stop` the scheduler thread."""
 
     def __init__(self, model: LlavaForCausalLM, tokenizer: PreTrainedTokenizerBase, *, max_batch_size: int = 8,
-                 max_queue: int = 256, batch_wait_s: float = 0.02, tokenizer_lock: threading.Lock | None = None):
+                 max_queue: int = 256, batch_wait_s: float = 0.05, tokenizer_lock: threading.Lock | None = None):
         if max_batch_size < 1 or max_queue < 1:
             raise ValueError(f"max_batch_size and max_queue must be >= 1, got {max_batch_size} and {max_queue}")
         self.model = model
@@ -62,8 +66,10 @@ class Engine:
         """Set by `stop`: running rows are answered with 503 at their next step."""
         self.thread: threading.Thread | None = None
         self.expected_batch = 1
-        """How many requests the previous batch held: as many are likely to come back together."""
+        """How many requests the next batch can expect soon: those waiting when the previous batch ended, and
+        the rows that ended with it (their clients are about to come back)."""
         self.counts: collections.Counter = collections.Counter()
+        self.last_arrival = 0.0
 
     # ---------------------------------------------------------------- from request threads
 
@@ -78,6 +84,7 @@ class Engine:
                 raise ApiError(429, f"the server's queue is full ({self.max_queue} requests waiting, --max-queue); "
                                "retry later", type=RATE_LIMIT, code="queue_full")
             self.waiting.append(job)
+            self.last_arrival = time.monotonic()
             self.condition.notify_all()
 
     def stats(self) -> dict[str, Any]:
@@ -141,20 +148,22 @@ class Engine:
                     self.condition.wait()
             for job in batch:
                 self.waiting.remove(job)
-            self.expected_batch = len(batch)
             self.running = [Row(job, self.tokenizer) for job in batch]
             return self.running
 
     def _gather(self) -> list[Job]:
-        """Jobs for a batch, waiting up to `batch_wait_s` for as many as the previous batch held (called with
-        the condition held; empty if every waiting client left meanwhile, or the engine is stopping)."""
+        """Jobs for a batch (called with the condition held): as many as expected, or more while they keep
+        arriving less than `BURST_GAP_S` apart, waiting at most `batch_wait_s`; empty if every waiting
+        client left meanwhile, or the engine is stopping."""
         deadline = time.monotonic() + self.batch_wait_s
         while True:
             batch = self._compatible()
-            left = deadline - time.monotonic()
-            if len(batch) >= min(self.max_batch_size, self.expected_batch) or left <= 0:
+            now = time.monotonic()
+            quiet_in = self.last_arrival + BURST_GAP_S - now
+            enough = len(batch) >= min(self.max_batch_size, self.expected_batch)
+            if len(batch) >= self.max_batch_size or now >= deadline or (enough and quiet_in <= 0):
                 return batch
-            self.condition.wait(left)
+            self.condition.wait(min(deadline - now, quiet_in) if enough else deadline - now)
             self._drop_cancelled()
             if self.stopping or not self.waiting:
                 return []
@@ -192,8 +201,12 @@ class Engine:
             for row in rows:
                 if not row.done:  # generate ended before the row's own limit (it cannot; never leave a client)
                     row.finish("length")
+            last_step = max(row.completion_tokens for row in rows)
+            returning = sum(row.finish_reason in ("stop", "length") and row.completion_tokens == last_step
+                            for row in rows)
             with self.condition:
                 self.running = []
+                self.expected_batch = max(1, returning + len(self.waiting))
                 self.counts.update(batches=1, batched_rows=len(rows), out_of_memory=int(out_of_memory),
                                    completion_tokens=sum(row.completion_tokens for row in rows))
                 self.counts.update(
