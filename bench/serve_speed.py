@@ -265,19 +265,23 @@ def summarize(results: dict[str, dict[int, dict[str, Any]]], levels: list[int], 
 
 
 def print_table(report: dict[str, Any]) -> None:
-    print(f"\nmvlm.serve.api on the CPU ({report['threads']} threads per server), greedy, max_tokens "
-          f"{report['max_tokens']}, {report['requests_per_client']} requests per client, best of {report['repeats']}")
-    header = (f"{'clients':>7}  {'one-at-a-time req/s':>19}  {'tok/s':>7}  {'batched req/s':>13}  {'tok/s':>7}  "
-              f"{'mean batch':>10}  {'tok/s ratio':>11}")
+    print(f"\nmvlm.serve.api on the CPU ({report['threads']} thread(s) per server), greedy, max_tokens "
+          f"{report['max_tokens']}, best of {report['repeats']}")
+    columns = [("clients", 7, "{:d}"), ("requests", 8, "{:d}"), ("one-at-a-time req/s", 19, "{:.2f}"),
+               ("tok/s", 7, "{:.1f}"), ("batched req/s", 13, "{:.2f}"), ("tok/s", 7, "{:.1f}"),
+               ("mean batch", 10, "{:.2f}"), ("generating", 10, "{:.0%}"), ("tok/s ratio", 11, "{:.2f}x")]
+    header = "  ".join(f"{name:>{width}}" for name, width, _ in columns)
     print(header)
     print("-" * len(header))
     for row in report["rows"]:
-        print(f"{row['clients']:>7}  {row['one_at_a_time_requests_per_s']:>19.2f}  {row['one_at_a_time_tokens_per_s']:>7.1f}"
-              f"  {row['batched_requests_per_s']:>13.2f}  {row['batched_tokens_per_s']:>7.1f}  "
-              f"{row['batched_mean_batch_size'] or 0:>10.2f}  {row['tokens_per_s_ratio']:>10.2f}x")
+        values = [row["clients"], row["batched_requests"], row["one_at_a_time_requests_per_s"],
+                  row["one_at_a_time_tokens_per_s"], row["batched_requests_per_s"], row["batched_tokens_per_s"],
+                  row["batched_mean_batch_size"] or 0.0, row["batched_generating_share"], row["tokens_per_s_ratio"]]
+        print("  ".join(f"{form.format(value):>{width}}" for (_, width, form), value in zip(columns, values)))
     print(f"\nat {report['max_clients']} clients: batched gives {report['ratio_at_max_clients']:.2f}x the tokens/s of "
           "one request at a time")
     print(f"greedy answers identical on both servers: {report['answers_identical']}/{report['answers_compared']}")
+    print("(generating: the share of the batched server's time spent in generate)")
 
 
 if __name__ == "__main__":

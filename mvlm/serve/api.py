@@ -57,15 +57,18 @@ logger = logging.getLogger(__name__)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model-path", required=True, help="checkpoint folder (full; or stage-1/LoRA with --model-base)")
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model-path", required=True,
+                        help="checkpoint folder (full; or stage-1/LoRA with --model-base)")
     parser.add_argument("--model-base", default=None,
                         help="the LLM a projector-only (stage-1) or LoRA checkpoint was trained on")
     parser.add_argument("--conv-mode", default=None,
                         help="chat template; default: the one stored in the checkpoint (conv_mode in config.json)")
     parser.add_argument("--model-name", default=None,
                         help="the name clients ask for (`model`); default: the checkpoint folder's name")
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, default=8000, help="port (0: any free port)")
     placement = parser.add_mutually_exclusive_group()
     placement.add_argument("--device", default=None, help="cpu, cuda or mps (default: cuda if available, else cpu)")

@@ -59,7 +59,8 @@ def conversation_of(messages: Sequence[ChatMessage], conv_mode: str, tokenizer: 
     turns = []
     for message in messages:
         text = message.text.replace(DEFAULT_IMAGE_TOKEN, "")
-        turns.append({"from": SAMPLE_ROLES[message.role], "value": DEFAULT_IMAGE_TOKEN * len(message.image_urls) + text})
+        tags = DEFAULT_IMAGE_TOKEN * len(message.image_urls)
+        turns.append({"from": SAMPLE_ROLES[message.role], "value": tags + text})
     sample = {"conversations": turns + [{"from": "gpt", "value": ""}],
               "image": [url for message in messages for url, _ in message.image_urls]}
     conversation = conversation_from_sample(sample, conv_mode, tokenizer)

@@ -231,8 +231,9 @@ class Engine:
         """One `generate` for the batch; each row ends (and is answered) by `BatchRows`."""
         prompts = [row.job.prompt for row in rows]
         sampling = rows[0].job.sampling
-        config = generation_config(self.model, self.tokenizer, temperature=0.0 if sampling.greedy else sampling.temperature,
-                                   top_p=sampling.top_p, max_new_tokens=max(row.job.max_tokens for row in rows))
+        temperature = 0.0 if sampling.greedy else sampling.temperature
+        config = generation_config(self.model, self.tokenizer, temperature=temperature, top_p=sampling.top_p,
+                                   max_new_tokens=max(row.job.max_tokens for row in rows))
         eos = config.eos_token_id
         eos_ids = set(eos if isinstance(eos, (list, tuple)) else [] if eos is None else [eos])
         if sampling.seed is not None and not sampling.greedy:
