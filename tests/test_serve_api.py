@@ -209,6 +209,18 @@ def test_streamed_answer_is_the_plain_answer_in_pieces(client, loaded):
     assert all(chunk.id == chunks[0].id and chunk.object == "chat.completion.chunk" for chunk in chunks)
 
 
+def test_the_raw_event_stream_is_openais(server):
+    response = server.post({"model": MODEL, "messages": [user("Hi")], "max_tokens": 4, "temperature": 0,
+                            "stream": True})
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/event-stream")
+    events = response.text.split("\n\n")
+    assert events[-2:] == ["data: [DONE]", ""] and all(event.startswith("data: {") for event in events[:-2])
+    first, last = json.loads(events[0][6:]), json.loads(events[-3][6:])
+    assert first["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert last["choices"][0]["delta"] == {} and last["choices"][0]["finish_reason"] in ("stop", "length")
+    assert "usage" not in last  # only with stream_options.include_usage
+
+
 def test_multi_turn_with_system_message_and_the_image_where_it_was_sent(client, loaded):
     system = "You are a terse assistant that names colors."
     first = ask(client, [{"role": "system", "content": system}, user("Hello there.")]).choices[0].message.content
@@ -282,7 +294,6 @@ def test_bad_requests_get_openai_errors_naming_the_problem(server, client):
     long_text = " ".join(f"word{number}" for number in range(600))
     assert_error(server.post({**ok, "messages": [user(long_text)]}), 400, "context_length_exceeded", "512")
 
-    png = data_url(picture("red"))
     assert_error(server.post(with_image("data:text/plain;base64,aGVsbG8=")), 400, "invalid_image", "not an image",
                  "messages[0].content[1].image_url.url")
     assert_error(server.post(with_image("data:image/png;base64," + base64.b64encode(b"hello").decode())), 400,

@@ -36,7 +36,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from mvlm.errors import FlagError, MvlmError, user_errors_exit
+from mvlm.errors import FlagError, user_errors_exit
 from mvlm.inference import check_device, default_device, load_for_inference
 from mvlm.serve.api_errors import INVALID_REQUEST, SERVER_ERROR, ApiError
 from mvlm.serve.batch_rows import Event, Failed, Finished, Job, Sampling, TextDelta
