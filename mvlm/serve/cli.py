@@ -12,8 +12,6 @@ import argparse
 import json
 import re
 import sys
-import urllib.error
-import urllib.request
 from typing import Any, NamedTuple, TextIO
 
 from PIL import Image
@@ -33,6 +31,7 @@ from mvlm.inference import (
     load_for_inference,
     new_conversation,
 )
+from mvlm.serve.images import DownloadError, download
 
 MAX_DOWNLOAD_BYTES = 64 * 1024 * 1024
 DOWNLOAD_TIMEOUT_S = 30
@@ -46,13 +45,11 @@ def fetch_image(source: str) -> Image.Image:
     """Open an image from a local path or an http(s) URL."""
     if source.startswith(("http://", "https://")):
         try:
-            with urllib.request.urlopen(source, timeout=DOWNLOAD_TIMEOUT_S) as response:
-                data = response.read(MAX_DOWNLOAD_BYTES + 1)
-        except (urllib.error.URLError, OSError, ValueError) as error:
-            reason = getattr(error, "reason", error)
-            raise ChatError(f"cannot fetch image URL {source}: {reason}") from error
-        if len(data) > MAX_DOWNLOAD_BYTES:
-            raise ChatError(f"image URL {source} is larger than {MAX_DOWNLOAD_BYTES // 2**20} MiB")
+            data = download(source, MAX_DOWNLOAD_BYTES, DOWNLOAD_TIMEOUT_S)
+        except DownloadError as error:
+            if error.too_large:
+                raise ChatError(f"image URL {source} is larger than {MAX_DOWNLOAD_BYTES // 2**20} MiB") from error
+            raise ChatError(str(error)) from error
         try:
             return load_image(data)
         except ImageError as error:

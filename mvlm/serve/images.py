@@ -19,6 +19,7 @@ import urllib.request
 from PIL import Image
 
 from mvlm.data.images import ImageError, load_image
+from mvlm.errors import MvlmError
 from mvlm.serve.api_errors import ApiError, invalid_request
 
 DATA_URL = re.compile(r"data:(?P<media>[^;,]*)(?P<params>(;[^;,]*)*),", re.ASCII)
@@ -88,18 +89,35 @@ def decode_data_url(url: str, max_bytes: int, param: str) -> bytes:
     return data
 
 
-def fetch(url: str, max_bytes: int, param: str) -> bytes:
-    """Download an image URL, reading at most one byte over the limit."""
+class DownloadError(MvlmError):
+    """An image URL that could not be read; `too_large` when it held more than the byte limit."""
+
+    def __init__(self, message: str, too_large: bool = False):
+        super().__init__(message)
+        self.too_large = too_large
+
+
+def download(url: str, max_bytes: int, timeout_s: float = FETCH_TIMEOUT_S) -> bytes:
+    """The bytes at an http(s) URL, reading at most one byte over `max_bytes` (the chat CLI and the server)."""
     try:
-        with urllib.request.urlopen(url, timeout=FETCH_TIMEOUT_S) as response:
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:
             data = response.read(max_bytes + 1)
     except (urllib.error.URLError, OSError, ValueError) as error:
         reason = getattr(error, "reason", error)
-        raise invalid_request(f"{param}: cannot fetch image URL {url}: {reason}", code="invalid_image_url",
-                              param=param) from error
+        raise DownloadError(f"cannot fetch image URL {url}: {reason}") from error
     if len(data) > max_bytes:
-        raise too_large(param, len(data), max_bytes)
+        raise DownloadError(f"image URL {url} is larger than {max_bytes} bytes", too_large=True)
     return data
+
+
+def fetch(url: str, max_bytes: int, param: str) -> bytes:
+    """Download an image URL for a request; an ApiError (400) naming `param` when it cannot be used."""
+    try:
+        return download(url, max_bytes)
+    except DownloadError as error:
+        if error.too_large:
+            raise too_large(param, max_bytes + 1, max_bytes) from error
+        raise invalid_request(f"{param}: {error}", code="invalid_image_url", param=param) from error
 
 
 def too_large(param: str, size: int, max_bytes: int) -> ApiError:
