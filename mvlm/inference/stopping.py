@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Any, TextIO
+from typing import Any, Sequence, TextIO
 
 import torch
 from transformers import PreTrainedTokenizerBase, StoppingCriteria, StoppingCriteriaList, StopStringCriteria, TextStreamer
 
 
+def cut_at_stops(text: str, stops: Sequence[str]) -> str:
+    """`text` up to the earliest of `stops` (unstripped)."""
+    cut = min((text.index(stop) for stop in stops if stop in text), default=len(text))
+    return text[:cut]
+
+
 def cut_at_stop(text: str, stop_str: str | None) -> str:
     """`text` up to the first `stop_str` (the model may write the stop string, or run past it in a batch)."""
-    if stop_str and stop_str in text:
-        text = text[: text.index(stop_str)]
-    return text.strip()
+    return cut_at_stops(text, [stop_str] if stop_str else []).strip()
 
 
 class DecodedTextStop(StoppingCriteria):

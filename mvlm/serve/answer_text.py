@@ -19,16 +19,12 @@ from typing import Sequence
 
 from transformers import PreTrainedTokenizerBase
 
+from mvlm.inference.stopping import cut_at_stops
+
 REPLACEMENT_CHARACTER = "\ufffd"
 """What a tokenizer decodes half a multi-byte character to."""
 STOP_WINDOW_SLACK = 8
 """Tokens decoded before a stop string's longest possible span (its byte count), for context."""
-
-
-def cut_at_stops(text: str, stops: Sequence[str]) -> str:
-    """`text` up to the earliest of `stops` (unstripped)."""
-    cut = min((text.index(stop) for stop in stops if stop in text), default=len(text))
-    return text[:cut]
 
 
 class AnswerText:
