@@ -36,6 +36,7 @@ from mvlm.serve import api, cli
 from mvlm.serve.answer_text import AnswerText
 from mvlm.serve.api import serve_in_background
 from mvlm.serve.engine import Engine
+from mvlm.serve.images import DownloadError, download
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="2")
@@ -500,6 +501,25 @@ def test_in_process_server_out_of_memory_remote_images_and_two_images(model_dir,
         files.shutdown()
     with pytest.raises(httpx.HTTPError):
         httpx.get(url.replace("/v1", "/health"), timeout=5)
+
+
+def test_image_downloads_stop_one_byte_over_the_limit(tmp_path):
+    """The chat CLI's and the server's one download: what fits comes whole, more is refused as too large, and a
+    missing file is a DownloadError naming the URL."""
+    (tmp_path / "ten.bin").write_bytes(bytes(range(10)))
+    files = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(QuietHandler, directory=tmp_path))
+    threading.Thread(target=files.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{files.server_address[1]}"
+    try:
+        assert download(f"{base}/ten.bin", 10) == bytes(range(10))
+        with pytest.raises(DownloadError, match="larger than 9 bytes") as too_big:
+            download(f"{base}/ten.bin", 9)
+        assert too_big.value.too_large
+        with pytest.raises(DownloadError, match=f"cannot fetch image URL {base}/none.bin") as missing:
+            download(f"{base}/none.bin", 10)
+        assert not missing.value.too_large
+    finally:
+        files.shutdown()
 
 
 # ---------------------------------------------------------------- streaming text
