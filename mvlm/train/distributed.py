@@ -8,6 +8,7 @@
 - `projector_for_saving`: stage 1 writes the projector alone, whole, even from ZeRO-3 partitions.
 - `freeze_unreachable_tower_parameters`: tower weights past the selected feature layer never get a
   gradient, which strict DDP refuses.
+- `leave_process_group`: every process waits for the others, then closes its connections, before it exits.
 
 Text-only batches are the model's business: it runs a blank image through the tower and projector
 (times 0), so every rank uses the same parameters every step (`LlavaForCausalLM.embed_multimodal`).
@@ -41,6 +42,19 @@ def init_deepspeed_comm(training_args) -> None:
     if deepspeed.comm.is_initialized() or not torch.distributed.is_initialized():
         return
     deepspeed.init_distributed(dist_backend=torch.distributed.get_backend(), verbose=False)
+
+
+def leave_process_group() -> None:
+    """Wait for every process, then close the process group (a no-op when none was started).
+
+    Without it each process exits as soon as its own work is done and tears its gloo/NCCL connections
+    down while a peer may still be using them; with NNODES=2 the second machine's worker was seen to
+    abort ("terminate called without an active exception") after a training that had succeeded.
+    """
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
 
 
 def projector_for_saving(model: nn.Module, state_dict: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor] | None:

@@ -20,7 +20,7 @@ from mvlm.data.formats import DataFormatError, load_samples
 from mvlm.errors import DataError, FlagError, MvlmError
 from mvlm.model.projector_weights import find_projector_file
 from mvlm.train.arguments import DataArguments, ModelArguments, TrainingArguments
-from mvlm.train.distributed import freeze_unreachable_tower_parameters, init_deepspeed_comm
+from mvlm.train.distributed import freeze_unreachable_tower_parameters, init_deepspeed_comm, leave_process_group
 from mvlm.train.model_setup import load_model_for_training
 from mvlm.train.policy import apply_policy, policy_from_flags, policy_table
 from mvlm.train.recipe_flags import format_command, resolve
@@ -108,6 +108,7 @@ def _train(argv: list[str]) -> MvlmTrainer | None:
     trainer.save_state()
     model.config.use_cache = True
     trainer.save_model(training_args.output_dir)
+    leave_process_group()
     return trainer
 
 
