@@ -9,6 +9,8 @@ and read the answer from the page: it must be the one mvlm.inference gives to th
 (greedy), in the first turn and the next; the menu lists the three backends, the one that is down says
 "cannot reach ...: connection refused" in the chat, the retry button asks the model now chosen, and the
 slow one's words appear while it answers and stop (the server sees the stream closed) at the stop button.
+The "Side by side" tab asks two of them at once: each side streams on its own, keeps its own history, and
+fails on its own.
 """
 
 from __future__ import annotations
@@ -39,8 +41,9 @@ from mvlm.errors import DataError, FlagError
 from mvlm.inference import encode_prompt, generate_answers, generation_config, load_for_inference, new_conversation
 from mvlm.serve import gradio_web_server
 from mvlm.serve.web_backends import Backend, BackendError, list_models, stream_answer
+from mvlm.serve.web_compare import interleave, user_entry
 from mvlm.serve.web_messages import openai_messages
-from mvlm.serve.web_page import ERROR_TITLE, as_plain_markdown
+from mvlm.serve.web_answers import ERROR_TITLE, as_plain_markdown
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
@@ -127,6 +130,53 @@ def test_unusable_messages_are_refused_with_a_reason(tmp_path):
 
 def test_error_text_shows_as_written_in_the_chat():
     assert as_plain_markdown("a_b *c* <image> & [x](y)") == "a&#95;b &#42;c&#42; &#60;image&#62; &#38; &#91;x&#93;(y)"
+
+
+# ---------------------------------------------------------------- side by side: two streams at once
+
+
+def test_interleave_passes_each_item_on_as_it_comes_and_cancels_the_rest_when_closed():
+    async def ticks(name: str, delays: list[float], log: list[str]):
+        try:
+            for index, delay in enumerate(delays):
+                await asyncio.sleep(delay)
+                yield f"{name}{index}"
+            log.append(f"{name} done")
+        except asyncio.CancelledError:
+            log.append(f"{name} cancelled")
+            raise
+
+    async def scenario():
+        log: list[str] = []
+        fast, slow = ticks("a", [0.05, 0.05, 5.0], log), ticks("b", [0.3, 5.0], log)
+        items = []
+        merged = interleave([fast, slow])
+        async for item in merged:
+            items.append(item)
+            if item == (1, "b0"):
+                break  # the page's stop button: both are still running
+        await merged.aclose()
+        return items, log
+
+    items, log = asyncio.run(scenario())
+    assert items == [(0, "a0"), (0, "a1"), (1, "b0")]  # in the order they came, not one stream after the other
+    assert sorted(log) == ["a cancelled", "b cancelled"]  # neither was left running
+
+    async def failing():
+        yield "x"
+        raise RuntimeError("a bug in a stream")
+
+    async def collect():
+        return [item async for item in interleave([failing()])]
+
+    with pytest.raises(RuntimeError, match="a bug in a stream"):
+        asyncio.run(collect())
+
+
+def test_the_side_by_side_question_shows_as_the_chat_shows_it(image_file):
+    assert user_entry({"text": "Which?", "files": [image_file, {"path": "/tmp/b.png"}]}) == {
+        "role": "user", "content": [{"path": image_file}, {"path": "/tmp/b.png"}, "Which?"]}
+    assert user_entry({"text": "", "files": [image_file]}) == {"role": "user", "content": [{"path": image_file}]}
 
 
 # ---------------------------------------------------------------- the OpenAI client side, against a fake server
@@ -399,31 +449,42 @@ class Page:
         body = self.driver.find_element(By.TAG_NAME, "body").text
         raise AssertionError(f"no {what} after {timeout} s; the page says:\n{body}")
 
-    def bot_messages(self) -> list[str]:
-        return [element.get_attribute("innerText").strip() for element in self.all("#chatbot [data-testid=bot]")]
+    def bot_messages(self, chat: str = "#chatbot") -> list[str]:
+        return [element.get_attribute("innerText").strip() for element in self.all(f"{chat} [data-testid=bot]")]
 
-    def answering(self) -> bool:
-        return self.find("#chat-input textarea").get_attribute("disabled") is not None  # the input waits meanwhile
+    def answering(self, box: str = "#chat-input") -> bool:
+        return self.find(f"{box} textarea").get_attribute("disabled") is not None  # the input waits meanwhile
 
-    def choose_model(self, label: str) -> list[str]:
-        """Pick a model in the menu; returns the menu's choices."""
-        self.find("#model-menu input").click()
-        options = self.wait_for(lambda: self.all("[role=option]"), "menu")
-        labels = [option.get_attribute("aria-label") for option in options]
+    def open_tab(self, name: str) -> None:
+        tabs = self.wait_for(lambda: self.all("button[role=tab]"), "tabs")
+        [tab] = [tab for tab in tabs if tab.text.strip() == name]
+        tab.click()
+        self.wait_for(lambda: tab.get_attribute("aria-selected") == "true", f"the tab {name} open")
+
+    def choose_model(self, label: str, menu: str = "#model-menu") -> list[str]:
+        """Pick a model in a menu; returns the menu's choices."""
+        self.find(f"{menu} input").click()
+
+        def listed():  # read in one go: a list still there from another menu goes stale meanwhile
+            options = self.all("[role=option]")
+            return options and (options, [option.get_attribute("aria-label") for option in options])
+
+        options, labels = self.wait_for(listed, "menu")
         options[labels.index(label)].click()
-        self.wait_for(lambda: self.find("#model-menu input").get_attribute("value") == label, f"{label} chosen")
+        self.wait_for(lambda: self.find(f"{menu} input").get_attribute("value") == label, f"{label} chosen")
+        self.wait_for(lambda: not self.all("[role=option]"), "the menu closed")
         return labels
 
-    def send(self, question: str, image: str | None = None) -> int:
+    def send(self, question: str, image: str | None = None, box: str = "#chat-input", chat: str = "#chatbot") -> int:
         """Type a question (after attaching an image) and press Enter; the number of bot messages before."""
-        before = len(self.bot_messages())
+        before = len(self.bot_messages(chat))
         if image:
-            self.find("#chat-input input[type=file]").send_keys(image)
-            self.wait_for(lambda: self.all("#chat-input img[src*='file=']"), "thumbnail of the uploaded image")
-        textarea = self.find("#chat-input textarea")
+            self.find(f"{box} input[type=file]").send_keys(image)
+            self.wait_for(lambda: self.all(f"{box} img[src*='file=']"), "thumbnail of the uploaded image")
+        textarea = self.find(f"{box} textarea")
         textarea.send_keys(question)
         textarea.send_keys("\n")  # Enter sends
-        self.wait_for(lambda: len(self.bot_messages()) > before, "answer")
+        self.wait_for(lambda: len(self.bot_messages(chat)) > before, "answer")
         return before
 
     def ask(self, question: str, image: str | None = None) -> list[str]:
@@ -466,6 +527,7 @@ def test_the_model_menu_lists_every_backend_and_one_that_is_down_says_so(web_ser
 def test_answers_stream_into_the_page_and_the_stop_button_ends_them(web_server, browser, slow_server):
     page = Page(browser, web_server["url"])
     page.choose_model(f"slow @ {slow_server}")
+    SlowOpenAI.hung_up.clear()
     page.send("Count.")
     partial = page.wait_for(lambda: "w3" in page.bot_messages()[-1] and page.bot_messages()[-1], "streamed words")
     assert page.answering() and partial.startswith("w0 w1 w2 w3")  # shown while the server still answers
@@ -476,3 +538,39 @@ def test_answers_stream_into_the_page_and_the_stop_button_ends_them(web_server, 
     time.sleep(1)
     assert page.bot_messages()[-1] == stopped and "w99" not in stopped  # the stopped answer stays as it was
 
+
+
+@needs_browser
+def test_side_by_side_asks_two_models_at_once(web_server, browser, model_dir, slow_server, reference_answers,
+                                              image_file):
+    questions = ["What color is the square?", "And where is it?"]
+    expected = reference_answers(image_file, questions)
+    slow, down = f"slow @ {slow_server}", web_server["down"]
+    page = Page(browser, web_server["url"])
+    page.open_tab("Side by side")
+    assert page.choose_model(model_dir, menu="#left-model") == [model_dir, slow, down]
+    page.choose_model(slow, menu="#right-model")
+    SlowOpenAI.hung_up.clear()
+
+    # one question to both: A's whole answer shows while B still streams its words; stop ends B
+    page.send(questions[0], image=image_file, box="#compare-input", chat="#left-chat")
+    page.wait_for(lambda: page.bot_messages("#left-chat") == [expected[0]], f"A's answer {expected[0]!r}")
+    page.wait_for(lambda: "w3" in page.bot_messages("#right-chat")[-1], "B's streamed words")
+    assert page.answering("#compare-input")
+    page.find("#compare-input button.stop-button").click()
+    page.wait_for(lambda: not page.answering("#compare-input"), "the input back after stop")
+    assert SlowOpenAI.hung_up.wait(10), "B's server was not told to stop (the HTTP stream stayed open)"
+    for side in ("#left-chat", "#right-chat"):
+        assert page.all(f"{side} [data-testid=user] img"), f"the uploaded image is not shown in {side}"
+
+    # the next question: A answers from its own history (the image replayed), B's backend is down and says so
+    page.choose_model(down, menu="#right-model")
+    page.send(questions[1], box="#compare-input", chat="#left-chat")
+    page.wait_for(lambda: not page.answering("#compare-input"), "the end of both answers")
+    assert page.bot_messages("#left-chat") == expected
+    failure = [line for line in page.bot_messages("#right-chat")[-1].splitlines() if line.strip()]
+    assert failure == [ERROR_TITLE, f"cannot reach {down}: connection refused"], failure
+
+    page.find("#compare-clear").click()
+    page.wait_for(lambda: not page.bot_messages("#left-chat") and not page.bot_messages("#right-chat"),
+                  "both chats cleared")

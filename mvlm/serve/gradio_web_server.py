@@ -7,8 +7,9 @@ The page speaks only the OpenAI chat-completions protocol (streamed), to one or 
 each --model-path is served in this process by mvlm's own OpenAI-compatible server (mvlm.serve.api;
 a LoRA folder with --model-base is served unmerged, --device-map auto spreads a big model over the
 GPUs), and each --api-url is any OpenAI-compatible server that is already running (mvlm's, vLLM, ...).
-With several backends the page offers a model menu. Errors say what failed (the server's own message,
-or "cannot reach http://...: connection refused"), never a generic one.
+With several backends the page offers a model menu and a "Side by side" tab that asks two at once.
+Errors say what failed (the server's own message, or "cannot reach http://...: connection refused"),
+never a generic one.
 """
 
 from __future__ import annotations
