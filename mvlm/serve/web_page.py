@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import html
 from dataclasses import dataclass
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable
 
 import gradio as gr
 
@@ -87,7 +87,8 @@ def build_page(backends: list[Backend], settings: Settings = Settings()) -> gr.B
     return page
 
 
-def _chat(respond, inputs: list[gr.components.Component], settings: Settings) -> gr.ChatInterface:
+def _chat(respond: Callable[..., AsyncIterator[Shown]], inputs: list[gr.components.Component],
+          settings: Settings) -> gr.ChatInterface:
     """The chat: one multimodal input box (images and text), streamed answers, a stop button."""
     textbox = gr.MultimodalTextbox(file_types=["image"], file_count="multiple", sources=["upload"],
                                    placeholder="Ask about an image: attach it with the clip, type, press Enter",
