@@ -42,8 +42,9 @@ from mvlm.inference import encode_prompt, generate_answers, generation_config, l
 from mvlm.serve import gradio_web_server
 from mvlm.serve.web_backends import Backend, BackendError, list_models, stream_answer
 from mvlm.serve.web_compare import interleave, user_entry
-from mvlm.serve.web_messages import openai_messages
 from mvlm.serve.web_answers import ERROR_TITLE, as_plain_markdown
+from mvlm.serve.web_messages import openai_messages
+from tests.helpers.local_http import serving
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
@@ -221,10 +222,8 @@ class FakeOpenAI(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def fake_server():
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), FakeOpenAI)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
-    server.shutdown()
+    with serving(FakeOpenAI) as base:
+        yield f"{base}/v1"
 
 
 class SlowOpenAI(http.server.BaseHTTPRequestHandler):
@@ -263,10 +262,8 @@ class SlowOpenAI(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def slow_server():
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), SlowOpenAI)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
-    server.shutdown()
+    with serving(SlowOpenAI) as base:
+        yield f"{base}/v1"
 
 
 def answer(backend: Backend, text: str = "Hello there") -> list[str]:

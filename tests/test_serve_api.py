@@ -10,8 +10,6 @@ mid-stream) and checks every finished answer against its one-at-a-time answer.
 from __future__ import annotations
 
 import base64
-import functools
-import http.server
 import io
 import json
 import os
@@ -37,6 +35,7 @@ from mvlm.serve.answer_text import AnswerText
 from mvlm.serve.api import serve_in_background
 from mvlm.serve.engine import Engine
 from mvlm.serve.images import DownloadError, download
+from tests.helpers.local_http import serving_folder
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="2")
@@ -449,11 +448,6 @@ def test_concurrent_clients_get_their_own_one_at_a_time_answers(server, client, 
 # ---------------------------------------------------------------- in-process
 
 
-class QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-
-
 def test_in_process_server_out_of_memory_remote_images_and_two_images(model_dir, loaded, tmp_path, monkeypatch):
     """The server in-process through serve_in_background (uvicorn in a thread, a free port). This CPU machine
     cannot run out of memory on purpose (the kernel would kill the process before torch raised), so the
@@ -468,37 +462,37 @@ def test_in_process_server_out_of_memory_remote_images_and_two_images(model_dir,
 
     monkeypatch.setattr(Engine, "generate", generate)
     picture("green").save(tmp_path / "green.png")
-    files = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(QuietHandler, directory=tmp_path))
-    threading.Thread(target=files.serve_forever, daemon=True).start()
-    image_url = f"http://127.0.0.1:{files.server_address[1]}/green.png"
-    url, stop = serve_in_background(["--model-path", model_dir, "--device", "cpu", "--port", "0", "--max-images", "2",
-                                     "--allow-remote-images", "--log-level", "error"])
-    try:
-        assert url.startswith("http://127.0.0.1:") and url.endswith("/v1")
-        client = OpenAI(base_url=url, api_key="unused", max_retries=0, timeout=120)
-        for stream in (False, True):  # a stream's status waits for its first event, so it is a 503 too
-            with pytest.raises(openai.InternalServerError) as caught:
-                response = ask(client, [user("Hi")], stream=stream)
-                list(response) if stream else None
-            assert caught.value.status_code == 503
-            assert caught.value.code == "out_of_memory" and caught.value.type == "server_error"
-            assert "out of memory" in caught.value.message and "--max-batch-size" in caught.value.message
-        assert ask(client, [user("Hi")]).choices[0].message.content == reference(loaded, [("Hi", None)], 8)
+    with serving_folder(tmp_path) as files:
+        image_url = f"{files}/green.png"
+        url, stop = serve_in_background(["--model-path", model_dir, "--device", "cpu", "--port", "0",
+                                         "--max-images", "2", "--allow-remote-images", "--log-level", "error"])
+        try:
+            assert url.startswith("http://127.0.0.1:") and url.endswith("/v1")
+            client = OpenAI(base_url=url, api_key="unused", max_retries=0, timeout=120)
+            for stream in (False, True):  # a stream's status waits for its first event, so it is a 503 too
+                with pytest.raises(openai.InternalServerError) as caught:
+                    response = ask(client, [user("Hi")], stream=stream)
+                    list(response) if stream else None
+                assert caught.value.status_code == 503
+                assert caught.value.code == "out_of_memory" and caught.value.type == "server_error"
+                assert "out of memory" in caught.value.message and "--max-batch-size" in caught.value.message
+            assert ask(client, [user("Hi")]).choices[0].message.content == reference(loaded, [("Hi", None)], 8)
 
-        # The model takes several images per conversation when the server allows them (--max-images 2).
-        turns = [("What is first?", "red"), "Red.", ("And now?", "blue")]
-        messages = [user("What is first?", "red"), {"role": "assistant", "content": "Red."}, user("And now?", "blue")]
-        assert ask(client, messages).choices[0].message.content == reference(loaded, turns, 8)
+            # The model takes several images per conversation when the server allows them (--max-images 2).
+            turns = [("What is first?", "red"), "Red.", ("And now?", "blue")]
+            messages = [user("What is first?", "red"), {"role": "assistant", "content": "Red."},
+                        user("And now?", "blue")]
+            assert ask(client, messages).choices[0].message.content == reference(loaded, turns, 8)
 
-        # http(s) image URLs are fetched with --allow-remote-images.
-        remote = [{"role": "user", "content": [{"type": "text", "text": "What color?"},
-                                               {"type": "image_url", "image_url": {"url": image_url}}]}]
-        assert ask(client, remote).choices[0].message.content == reference(loaded, [("What color?", "green")], 8)
-        with pytest.raises(openai.BadRequestError, match="cannot fetch image URL"):
-            ask(client, [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": image_url + "x"}}]}])
-    finally:
-        stop()
-        files.shutdown()
+            # http(s) image URLs are fetched with --allow-remote-images.
+            remote = [{"role": "user", "content": [{"type": "text", "text": "What color?"},
+                                                   {"type": "image_url", "image_url": {"url": image_url}}]}]
+            assert ask(client, remote).choices[0].message.content == reference(loaded, [("What color?", "green")], 8)
+            with pytest.raises(openai.BadRequestError, match="cannot fetch image URL"):
+                missing = {"type": "image_url", "image_url": {"url": image_url + "x"}}
+                ask(client, [{"role": "user", "content": [missing]}])
+        finally:
+            stop()
     with pytest.raises(httpx.HTTPError):
         httpx.get(url.replace("/v1", "/health"), timeout=5)
 
@@ -507,10 +501,7 @@ def test_image_downloads_stop_one_byte_over_the_limit(tmp_path):
     """The chat CLI's and the server's one download: what fits comes whole, more is refused as too large, and a
     missing file is a DownloadError naming the URL."""
     (tmp_path / "ten.bin").write_bytes(bytes(range(10)))
-    files = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(QuietHandler, directory=tmp_path))
-    threading.Thread(target=files.serve_forever, daemon=True).start()
-    base = f"http://127.0.0.1:{files.server_address[1]}"
-    try:
+    with serving_folder(tmp_path) as base:
         assert download(f"{base}/ten.bin", 10) == bytes(range(10))
         with pytest.raises(DownloadError, match="larger than 9 bytes") as too_big:
             download(f"{base}/ten.bin", 9)
@@ -518,8 +509,6 @@ def test_image_downloads_stop_one_byte_over_the_limit(tmp_path):
         with pytest.raises(DownloadError, match=f"cannot fetch image URL {base}/none.bin") as missing:
             download(f"{base}/none.bin", 10)
         assert not missing.value.too_large
-    finally:
-        files.shutdown()
 
 
 # ---------------------------------------------------------------- streaming text

@@ -3,8 +3,6 @@
 Expected answers come from the model's own `generate` on prompts written out by hand from the template.
 """
 
-import functools
-import http.server
 import io
 import json
 import os
@@ -14,7 +12,6 @@ import select
 import socket
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
@@ -27,6 +24,7 @@ from mvlm.data.tokenize import tokenize_prompt
 from mvlm.serve import cli
 from mvlm.inference import StopStringStreamer
 from tests.helpers.chat_model import save_chat_checkpoint
+from tests.helpers.local_http import serving_folder
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. "
@@ -124,17 +122,9 @@ def test_text_only_chat_in_a_terminal_with_conv_mode_override(model_dir, loaded)
     assert f"user: Say yes.\nassistant: {expected}" in text.replace("assistant:  ", "assistant: ")
 
 
-class QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-
-
 def test_image_from_a_url(model_dir, loaded, image_file, tmp_path, monkeypatch, capsys):
-    handler = functools.partial(QuietHandler, directory=os.path.dirname(image_file))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/{os.path.basename(image_file)}"
+    with serving_folder(os.path.dirname(image_file)) as base:
+        url = f"{base}/{os.path.basename(image_file)}"
         monkeypatch.setattr(sys, "stdin", io.StringIO("What color is the square?\n\n"))
         code = cli.main(["--model-path", model_dir, "--image-file", url, "--temperature", "0", "--max-new-tokens", "5",
                          "--debug", "--device", "cpu"])
@@ -145,8 +135,6 @@ def test_image_from_a_url(model_dir, loaded, image_file, tmp_path, monkeypatch, 
         monkeypatch.setattr(sys, "stdin", io.StringIO("Hi\n"))
         assert cli.main(["--model-path", model_dir, "--image-file", url + ".missing"]) == 1
         assert "cannot fetch image URL" in capsys.readouterr().err
-    finally:
-        server.shutdown()
 
 
 def free_port():
