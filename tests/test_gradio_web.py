@@ -41,7 +41,7 @@ from mvlm.errors import DataError, FlagError
 from mvlm.inference import encode_prompt, generate_answers, generation_config, load_for_inference, new_conversation
 from mvlm.serve import gradio_web_server
 from mvlm.serve.web_backends import Backend, BackendError, list_models, stream_answer
-from mvlm.serve.web_compare import interleave, user_entry
+from mvlm.serve.web_compare import ask_both, interleave, user_entry
 from mvlm.serve.web_answers import ERROR_TITLE, as_plain_markdown
 from mvlm.serve.web_messages import openai_messages
 from tests.helpers.local_http import serving
@@ -295,6 +295,38 @@ def test_answers_stream_and_failures_say_what_failed(fake_server):
     assert str(error.value) == f"cannot reach {down}: connection refused"
     with pytest.raises(BackendError, match=f"cannot reach {down}: connection refused"):
         list_models(down)
+
+
+def test_side_by_side_sends_one_question_to_two_backends_and_keeps_their_histories_apart(fake_server, image_file):
+    """ask_both against the fake server: `tiny` echoes the question back, `bad` refuses it with HTTP 400."""
+    backends = [Backend("tiny", fake_server, model="tiny"), Backend("bad", fake_server, model="bad")]
+
+    def run(message, histories, labels=("tiny", "bad")):
+        async def collect():
+            return [both async for both in ask_both(backends, message, histories, labels, system_prompt=None,
+                                                    temperature=0.0, top_p=0.5, max_tokens=7)]
+        return asyncio.run(collect())
+
+    earlier = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]
+    updates = run({"text": "Which color?", "files": [image_file]}, (earlier, []))
+    asked = {"role": "user", "content": [{"path": image_file}, "Which color?"]}
+    assert updates[0] == (earlier + [asked], [asked])  # the question shows on both sides before any answer
+    left, right = updates[-1]
+    assert left == earlier + [asked, {"role": "assistant", "content": "Which color?"}]  # the echo, whole
+    assert right[:-1] == [asked] and right[-1].metadata == {"title": ERROR_TITLE}
+    assert right[-1].content == as_plain_markdown(
+        f"{fake_server} answered HTTP 400: at most one <image> per conversation")
+    # each side was asked its own conversation: the left one with its earlier turn, the right one without
+    asked_left, asked_right = sorted(FakeOpenAI.requests[-2:], key=lambda request: request["model"] != "tiny")
+    assert [message["role"] for message in asked_left["messages"]] == ["user", "assistant", "user"]
+    assert [message["role"] for message in asked_right["messages"]] == ["user"]
+
+    # a message with nothing in it is answered on both sides, and nothing is sent
+    sent_before = len(FakeOpenAI.requests)
+    [(left, right)] = run({"text": "", "files": []}, ([], earlier))
+    assert left[-1].content == right[-1].content == as_plain_markdown(
+        "cannot send this message: the message is empty: type a question or attach an image")
+    assert right[:-1] == earlier and len(FakeOpenAI.requests) == sent_before
 
 
 # ---------------------------------------------------------------- command line

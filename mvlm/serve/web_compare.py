@@ -65,32 +65,43 @@ def user_entry(message: dict[str, Any]) -> dict[str, Any]:
     return {"role": "user", "content": content}
 
 
+async def ask_both(backends: list[Backend], message: dict[str, Any], histories: tuple[list[Any], list[Any]],
+                   labels: tuple[str, str], *, system_prompt: str | None, temperature: float, top_p: float,
+                   max_tokens: int) -> AsyncIterator[tuple[list[Any], list[Any]]]:
+    """Both chats' histories as the question goes to the backends labelled `labels` and their answers grow:
+    first with the question added to each, then once per piece either answer receives."""
+    by_label = {backend.label: backend for backend in backends}
+    histories = (list(histories[0] or []), list(histories[1] or []))
+    try:
+        conversations = [openai_messages(message, history, system_prompt) for history in histories]
+    except DataError as error:
+        failure = error_message(f"cannot send this message: {error}")
+        yield histories[0] + [failure], histories[1] + [failure]
+        return
+    asked = [history + [user_entry(message)] for history in histories]
+    shown: list[list[Any]] = [[], []]
+    yield asked[0], asked[1]
+    streams = [answer_updates(by_label.get(label, backends[0]), conversation, temperature=temperature, top_p=top_p,
+                              max_tokens=max_tokens)
+               for label, conversation in zip(labels, conversations)]
+    async for side, update in interleave(streams):
+        shown[side] = as_history(update)
+        yield asked[0] + shown[0], asked[1] + shown[1]
+
+
 def build_compare_tab(backends: list[Backend], parameters: list[gr.components.Component], *,
                       system_prompt: str | None, concurrency: int) -> None:
     """Render the tab's parts into the Blocks being built; `parameters` are the temperature, top-p and
     max-tokens controls the chat tab uses too."""
-    by_label = {backend.label: backend for backend in backends}
-    labels = list(by_label)
+    labels = [backend.label for backend in backends]
 
-    async def ask_both(message: dict[str, Any], left: list[dict[str, Any]], right: list[dict[str, Any]],
-                       left_label: str, right_label: str, temperature: float, top_p: float,
-                       max_tokens: float) -> AsyncIterator[tuple[list[Any], list[Any]]]:
-        histories = [list(left or []), list(right or [])]
-        try:
-            conversations = [openai_messages(message, history, system_prompt) for history in histories]
-        except DataError as error:
-            failure = error_message(f"cannot send this message: {error}")
-            yield histories[0] + [failure], histories[1] + [failure]
-            return
-        asked = [history + [user_entry(message)] for history in histories]
-        shown: list[list[Any]] = [[], []]
-        yield asked[0], asked[1]
-        streams = [answer_updates(by_label.get(label, backends[0]), conversation, temperature=float(temperature),
-                                  top_p=float(top_p), max_tokens=int(max_tokens))
-                   for label, conversation in zip((left_label, right_label), conversations)]
-        async for side, update in interleave(streams):
-            shown[side] = as_history(update)
-            yield asked[0] + shown[0], asked[1] + shown[1]
+    async def on_question(message: dict[str, Any], left: list[Any], right: list[Any], left_label: str,
+                          right_label: str, temperature: float, top_p: float,
+                          max_tokens: float) -> AsyncIterator[tuple[list[Any], list[Any]]]:
+        async for both in ask_both(backends, message, (left, right), (left_label, right_label),
+                                   system_prompt=system_prompt, temperature=float(temperature), top_p=float(top_p),
+                                   max_tokens=int(max_tokens)):
+            yield both
 
     with gr.Row():
         menus = [gr.Dropdown(choices=labels, value=labels[min(index, len(labels) - 1)], label=f"Model {name}",
@@ -108,7 +119,7 @@ def build_compare_tab(backends: list[Backend], parameters: list[gr.components.Co
     sent = textbox.submit(lambda message: (gr.MultimodalTextbox(value=None, interactive=False, submit_btn=False,
                                                                 stop_btn=True), message),
                           [textbox], [textbox, question], queue=False, api_visibility="private")
-    answering = sent.then(ask_both, [question, *chats, *menus, *parameters], chats, concurrency_limit=concurrency,
+    answering = sent.then(on_question, [question, *chats, *menus, *parameters], chats, concurrency_limit=concurrency,
                           api_visibility="private")
     answering.then(lambda: gr.MultimodalTextbox(interactive=True, submit_btn=True, stop_btn=False), None, [textbox],
                    queue=False, api_visibility="private")
